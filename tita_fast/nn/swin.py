@@ -1,0 +1,269 @@
+"""Swin window attention, self and cross blocks, and the stages TITA is built from (spec: Swin block, Fusion)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tita_fast.nn.ipa import IPA
+from tita_fast.nn.layers import DropPath, Mlp, attach_flat
+
+IPA_HEADS = 6  # the published cross block builds its IPA with 6 heads whatever the block's own head count
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(w², w²) row of the bias table for query i and key j: (yi - yj + w - 1) * (2w - 1) + (xi - xj + w - 1)."""
+    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[:, None] - ys[None, :] + window - 1
+    dx = xs[:, None] - xs[None, :] + window - 1
+    return dy * (2 * window - 1) + dx
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(N, H, W, C) -> (N * nW, w*w, C): windows row-major over the grid, batch-major outside."""
+    n, h, w, c = x.shape
+    x = x.view(n, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, c)
+
+
+def window_merge(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (N * nW, w*w, C) -> (N, H, W, C)."""
+    c = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, height, width, c)
+
+
+def shift_window_mask(height: int, width: int, window: int, shift: int, device=None, dtype=None) -> torch.Tensor:
+    """(nW, w², w²) additive mask of shifted windows: -100 between tokens from different regions, else 0."""
+    bounds = lambda size: (0, size - window, size - shift, size)  # noqa: E731  regions [0,S-w) [S-w,S-s) [S-s,S)
+    labels = torch.zeros(1, height, width, 1, device=device)
+    hb, wb = bounds(height), bounds(width)
+    for i in range(3):
+        for j in range(3):
+            labels[:, hb[i] : hb[i + 1], wb[j] : wb[j + 1]] = 3 * i + j
+    labels = window_partition(labels, window).squeeze(-1)  # (nW, w²)
+    different = labels[:, None, :] != labels[:, :, None]
+    return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, -100.0)
+
+
+class _WindowAttentionBase(nn.Module):
+    """Relative-position-biased multi-head attention within windows; subclasses make q, k, v."""
+
+    def __init__(self, dim: int, window: int, num_heads: int, qk_scale: float | None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention dim {dim} must be divisible by its {num_heads} heads")
+        self.dim, self.window, self.num_heads = dim, window, num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window))
+
+    def _finish_init(self, attn_drop: float, proj_drop: float) -> None:
+        # Registered after the q/k/v projections so the state-dict order matches the published one.
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(self.dim, self.dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q, k, v: (B_, heads, T, d) with B_ = N * nW; mask: (nW, T, T) or None. Returns (B_, T, C)."""
+        b_, _, tokens, _ = q.shape
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        attn = attn + bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            n_windows = mask.shape[0]
+            attn = attn.view(b_ // n_windows, n_windows, self.num_heads, tokens, tokens) + mask[None, :, None]
+            attn = attn.view(-1, self.num_heads, tokens, tokens)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        out = (attn @ v).transpose(1, 2).reshape(b_, tokens, self.dim)
+        return self.proj_drop(self.proj(out))
+
+    def _heads(self, t: torch.Tensor, parts: int) -> torch.Tensor:
+        """(B_, T, parts*C) -> (parts, B_, heads, T, d)."""
+        b_, tokens, _ = t.shape
+        return t.reshape(b_, tokens, parts, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window={self.window}, num_heads={self.num_heads}"
+
+
+class WindowAttention(_WindowAttentionBase):
+    """Window self-attention (keys ``qkv.*``, ``proj.*``, ``relative_position_bias_table``)."""
+
+    def __init__(self, dim, window, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+        super().__init__(dim, window, num_heads, qk_scale)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self._finish_init(attn_drop, proj_drop)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self._heads(self.qkv(x), 3)
+        return self.attend(q, k, v, mask)
+
+
+class CrossWindowAttention(_WindowAttentionBase):
+    """Window cross-attention: queries from ``x`` (``q.*``), keys and values from ``y`` (``kv.*``)."""
+
+    def __init__(self, dim, window, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+        super().__init__(dim, window, num_heads, qk_scale)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self._finish_init(attn_drop, proj_drop)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        (q,) = self._heads(self.q(x), 1)
+        k, v = self._heads(self.kv(y), 2)
+        return self.attend(q, k, v, mask)
+
+
+class _ShiftedWindows(nn.Module):
+    """Window geometry of one block: its window, shift, and the ``attn_mask`` buffer for the configured size.
+
+    The published block shrinks its window to the configured resolution and drops the shift when that resolution
+    is not larger than the window. ``attn_mask`` is in the state-dict for checkpoint compatibility but is never
+    trusted from a checkpoint: any stored size loads, and the mask is recomputed for the size actually run.
+    """
+
+    def _init_windows(self, input_resolution: tuple[int, int], window: int, shift: int) -> None:
+        self.input_resolution = tuple(input_resolution)
+        if min(self.input_resolution) <= window:
+            window, shift = min(self.input_resolution), 0
+        self.window, self.shift = window, shift
+        mask = shift_window_mask(*self.input_resolution, window, shift) if shift else None
+        self.register_buffer("attn_mask", mask)
+        self.register_load_state_dict_pre_hook(_keep_own_attn_mask)
+
+    def _mask(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.shift:
+            return None
+        if (height, width) == self.input_resolution:
+            return self.attn_mask.to(like.dtype)
+        return shift_window_mask(height, width, self.window, self.shift, like.device, like.dtype)
+
+    def _to_windows(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(N, L, C) -> (N * nW, w², C), shifted by (-s, -s) first."""
+        if height % self.window or width % self.window:
+            raise ValueError(
+                f"a {height}x{width} feature map cannot be split into this block's {self.window}x{self.window} windows "
+                f"(the configured img_size {self.input_resolution} shrank the window)"
+            )
+        t = t.view(t.shape[0], height, width, -1)
+        if self.shift:
+            t = torch.roll(t, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        return window_partition(t, self.window)
+
+    def _from_windows(self, windows: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(N * nW, w², C) -> (N, L, C), shifted back by (+s, +s)."""
+        t = window_merge(windows, self.window, height, width)
+        if self.shift:
+            t = torch.roll(t, shifts=(self.shift, self.shift), dims=(1, 2))
+        return t.reshape(t.shape[0], height * width, -1)
+
+
+def _keep_own_attn_mask(module, state_dict, prefix, *args) -> None:
+    key = prefix + "attn_mask"
+    if key in state_dict and module.attn_mask is not None:
+        state_dict[key] = module.attn_mask  # recomputed data: accept any stored size, keep ours
+
+
+class SwinBlock(_ShiftedWindows):
+    """Swin self-attention block: ``t + attn(LN(t))`` then ``t + mlp(LN(t))`` on tokens (N, H*W, C)."""
+
+    def __init__(self, dim, input_resolution, num_heads, window, shift, mlp_ratio=2.0, qkv_bias=True, qk_scale=None,
+                 drop=0.0, attn_drop=0.0, drop_path=0.0):  # fmt: skip
+        super().__init__()
+        self._init_windows(input_resolution, window, shift)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, self.window, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, drop)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h, w = size
+        a = self.attn(self._to_windows(self.norm1(x), h, w), self._mask(h, w, x))
+        x = x + self.drop_path(self._from_windows(a, h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CrossSwinBlock(_ShiftedWindows):
+    """Cross block: window cross-attention each way, IPA on the two results, then residuals and MLPs."""
+
+    def __init__(self, dim, input_resolution, num_heads, window, shift, mlp_ratio=2.0, qkv_bias=True, qk_scale=None,
+                 drop=0.0, attn_drop=0.0, drop_path=0.0):  # fmt: skip
+        super().__init__()
+        self._init_windows(input_resolution, window, shift)
+        self.norm1_A = nn.LayerNorm(dim)
+        self.norm1_B = nn.LayerNorm(dim)
+        self.attn_A = CrossWindowAttention(dim, self.window, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.attn_B = CrossWindowAttention(dim, self.window, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.drop_path_A = DropPath(drop_path)
+        self.drop_path_B = DropPath(drop_path)
+        self.norm2_A = nn.LayerNorm(dim)
+        self.norm2_B = nn.LayerNorm(dim)
+        self.mlp_A = Mlp(dim, int(dim * mlp_ratio), dim, drop)
+        self.mlp_B = Mlp(dim, int(dim * mlp_ratio), dim, drop)
+        attach_flat(self, "ipa", IPA(dim, IPA_HEADS))  # keys cross_attn_*, relation_judger.*, k_noise, v_noise
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = size
+        mask = self._mask(h, w, x)
+        xw = self._to_windows(self.norm1_A(x), h, w)
+        yw = self._to_windows(self.norm1_B(y), h, w)
+        a = self._from_windows(self.attn_A(xw, yw, mask), h, w)
+        b = self._from_windows(self.attn_B(yw, xw, mask), h, w)
+        a, b = self.ipa(a, b)
+        x = x + self.drop_path_A(a)
+        x = x + self.drop_path_A(self.mlp_A(self.norm2_A(x)))
+        y = y + self.drop_path_B(b)
+        y = y + self.drop_path_B(self.mlp_B(self.norm2_B(y)))
+        return x, y
+
+
+class _Blocks(nn.Module):
+    """The published ``residual_group`` level (kept for its state-dict keys): just the block list."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+
+def _stage_blocks(block_cls, dim, input_resolution, depth, num_heads, window, drop_path, **kwargs) -> _Blocks:
+    return _Blocks([
+        block_cls(dim, input_resolution, num_heads, window, 0 if i % 2 == 0 else window // 2,
+                  drop_path=drop_path[i], **kwargs)
+        for i in range(depth)
+    ])  # fmt: skip
+
+
+class SwinStage(nn.Module):
+    """``depth`` Swin blocks in sequence, shifts alternating 0, w/2 (the published RSTB: no residual of its own)."""
+
+    def __init__(self, dim, input_resolution, depth, num_heads, window, drop_path, use_checkpoint=False, **kwargs):
+        super().__init__()
+        self.residual_group = _stage_blocks(SwinBlock, dim, input_resolution, depth, num_heads, window, drop_path,
+                                            **kwargs)  # fmt: skip
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        for blk in self.residual_group.blocks:
+            x = checkpoint(blk, x, size, use_reentrant=False) if self.use_checkpoint else blk(x, size)
+        return x
+
+
+class CrossSwinStage(nn.Module):
+    """``depth`` cross blocks in sequence (the published CRSTB)."""
+
+    def __init__(self, dim, input_resolution, depth, num_heads, window, drop_path, use_checkpoint=False, **kwargs):
+        super().__init__()
+        self.residual_group = _stage_blocks(CrossSwinBlock, dim, input_resolution, depth, num_heads, window,
+                                            drop_path, **kwargs)  # fmt: skip
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        for blk in self.residual_group.blocks:
+            x, y = checkpoint(blk, x, y, size, use_reentrant=False) if self.use_checkpoint else blk(x, y, size)
+        return x, y

@@ -1,0 +1,6 @@
+"""The fused ops behind the modules, each dispatching to the selected backend (:mod:`tita_fast.backends`)."""
+
+from tita_fast.ops.ipa import ipa
+from tita_fast.ops.oaf import oaf_mix
+
+__all__ = ["ipa", "oaf_mix"]
