@@ -132,6 +132,8 @@ class _ShiftedWindows(nn.Module):
         if min(self.input_resolution) <= window:
             window, shift = min(self.input_resolution), 0
         self.window, self.shift = window, shift
+        if shift and any(side % window for side in self.input_resolution):
+            raise ValueError(f"img_size {self.input_resolution} must be a multiple of the window size {window}")
         mask = shift_window_mask(*self.input_resolution, window, shift) if shift else None
         self.register_buffer("attn_mask", mask)
         self.register_load_state_dict_pre_hook(_keep_own_attn_mask)

@@ -229,8 +229,8 @@ class TITA(nn.Module):
 
         The file is a state-dict, or a dict holding one under ``params``; it is read with ``weights_only=True``.
         The architecture (channels, depths, heads, window, MLP ratio, qkv bias) is read from the tensors' names
-        and shapes; keyword ``overrides`` take precedence. A file of another model raises an error naming the
-        missing and unexpected keys.
+        and shapes; keyword ``overrides`` take precedence. The model takes the checkpoint's floating dtype. A file
+        of another model raises an error naming the missing and unexpected keys.
         """
         state = torch.load(path, map_location=map_location, weights_only=True)
         if isinstance(state, Mapping) and isinstance(state.get("params"), Mapping):
@@ -239,6 +239,9 @@ class TITA(nn.Module):
             raise ValueError(f"{os.fspath(path)} does not hold a state-dict (nor a dict with one under 'params')")
         config = {**infer_config(state), **overrides}
         model = cls(**config)
+        float_dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+        if len(float_dtypes) == 1:  # keep the checkpoint's precision (published ones are float32)
+            model.to(float_dtypes.pop())
         try:
             result = model.load_state_dict(state, strict=False)
         except RuntimeError as err:  # shape mismatches
