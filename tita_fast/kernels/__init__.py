@@ -1,0 +1,1 @@
+"""Triton kernels of the fused ops, one op per file (``kernels/<op>.py``), added by the kernel work."""
