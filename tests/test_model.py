@@ -289,3 +289,18 @@ def test_bad_inputs_raise_clear_errors():
         model(a.long(), b.long())
     with pytest.raises(ValueError, match="dtype"):
         model(a.float(), b.float())
+
+
+def test_ipa_and_oaf_state_dicts_are_the_published_ones():
+    assert list(tita_fast.IPA(60).state_dict()) == list(load_golden("ipa_case.pt")["state_dict"])
+    assert list(tita_fast.OAF(60).state_dict()) == list(load_golden("oaf_case.pt")["state_dict"])
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 10)], ids=["stored-mask", "fresh-mask"])
+def test_every_tensor_follows_the_model_device(size):
+    """On the meta device any tensor made on the CPU (masks, padding indices, the mean) would fail to mix:
+    this is what lets the same code run on CUDA."""
+    model = tita_fast.TITA(**SMALL).to("meta")
+    a = torch.empty(2, 1, *size, device="meta")
+    out = model(a, a)
+    assert out.device.type == "meta" and out.shape == a.shape
