@@ -37,13 +37,16 @@ def window_merge(windows: torch.Tensor, window: int, height: int, width: int) ->
 
 
 def shift_window_mask(height: int, width: int, window: int, shift: int, device=None, dtype=None) -> torch.Tensor:
-    """(nW, w², w²) additive mask of shifted windows: -100 between tokens from different regions, else 0."""
-    bounds = lambda size: (0, size - window, size - shift, size)  # noqa: E731  regions [0,S-w) [S-w,S-s) [S-s,S)
+    """(nW, w², w²) additive mask of shifted windows: -100 between tokens from different regions, else 0.
+
+    Regions: rows [0, H-w), [H-w, H-s), [H-s, H) crossed with the same three column ranges.
+    """
+    rows = (0, height - window, height - shift, height)
+    cols = (0, width - window, width - shift, width)
     labels = torch.zeros(1, height, width, 1, device=device)
-    hb, wb = bounds(height), bounds(width)
     for i in range(3):
         for j in range(3):
-            labels[:, hb[i] : hb[i + 1], wb[j] : wb[j + 1]] = 3 * i + j
+            labels[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]] = 3 * i + j
     labels = window_partition(labels, window).squeeze(-1)  # (nW, w²)
     different = labels[:, None, :] != labels[:, :, None]
     return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, -100.0)
@@ -124,10 +127,11 @@ class _ShiftedWindows(nn.Module):
 
     The published block shrinks its window to the configured resolution and drops the shift when that resolution
     is not larger than the window. ``attn_mask`` is in the state-dict for checkpoint compatibility but is never
-    trusted from a checkpoint: any stored size loads, and the mask is recomputed for the size actually run.
+    taken from a checkpoint: any stored size loads, and the mask is recomputed for the size actually run.
     """
 
-    def _init_windows(self, input_resolution: tuple[int, int], window: int, shift: int) -> None:
+    def __init__(self, input_resolution: tuple[int, int], window: int, shift: int):
+        super().__init__()
         self.input_resolution = tuple(input_resolution)
         if min(self.input_resolution) <= window:
             window, shift = min(self.input_resolution), 0
@@ -136,7 +140,12 @@ class _ShiftedWindows(nn.Module):
             raise ValueError(f"img_size {self.input_resolution} must be a multiple of the window size {window}")
         mask = shift_window_mask(*self.input_resolution, window, shift) if shift else None
         self.register_buffer("attn_mask", mask)
-        self.register_load_state_dict_pre_hook(_keep_own_attn_mask)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "attn_mask"
+        if key in state_dict and self.attn_mask is not None:
+            state_dict[key] = self.attn_mask  # recomputed data: accept any stored size, keep ours
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _mask(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
         if not self.shift:
@@ -165,19 +174,12 @@ class _ShiftedWindows(nn.Module):
         return t.reshape(t.shape[0], height * width, -1)
 
 
-def _keep_own_attn_mask(module, state_dict, prefix, *args) -> None:
-    key = prefix + "attn_mask"
-    if key in state_dict and module.attn_mask is not None:
-        state_dict[key] = module.attn_mask  # recomputed data: accept any stored size, keep ours
-
-
 class SwinBlock(_ShiftedWindows):
     """Swin self-attention block: ``t + attn(LN(t))`` then ``t + mlp(LN(t))`` on tokens (N, H*W, C)."""
 
     def __init__(self, dim, input_resolution, num_heads, window, shift, mlp_ratio=2.0, qkv_bias=True, qk_scale=None,
                  drop=0.0, attn_drop=0.0, drop_path=0.0):  # fmt: skip
-        super().__init__()
-        self._init_windows(input_resolution, window, shift)
+        super().__init__(input_resolution, window, shift)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, self.window, num_heads, qkv_bias, qk_scale, attn_drop, drop)
         self.drop_path = DropPath(drop_path)
@@ -196,8 +198,7 @@ class CrossSwinBlock(_ShiftedWindows):
 
     def __init__(self, dim, input_resolution, num_heads, window, shift, mlp_ratio=2.0, qkv_bias=True, qk_scale=None,
                  drop=0.0, attn_drop=0.0, drop_path=0.0):  # fmt: skip
-        super().__init__()
-        self._init_windows(input_resolution, window, shift)
+        super().__init__(input_resolution, window, shift)
         self.norm1_A = nn.LayerNorm(dim)
         self.norm1_B = nn.LayerNorm(dim)
         self.attn_A = CrossWindowAttention(dim, self.window, num_heads, qkv_bias, qk_scale, attn_drop, drop)

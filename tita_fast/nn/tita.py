@@ -108,7 +108,7 @@ class TITA(nn.Module):
                                     ("Re", Re_depths, Re_num_heads)):  # fmt: skip
             if len(depths) != len(heads):
                 raise ValueError(f"{name}_depths {list(depths)} and {name}_num_heads {list(heads)} differ in length")
-        if embed_dim < 4 or embed_dim % 6:
+        if embed_dim <= 0 or embed_dim % 6:
             raise ValueError(f"embed_dim must be a positive multiple of 6 (IPA uses 6 heads), got {embed_dim}")
 
         self.config = dict(
