@@ -21,7 +21,9 @@ def published_key_file() -> list[tuple[str, str, str]]:
     path = GOLDEN / "tita_state_dict_keys.txt"
     if not path.exists():
         pytest.skip(f"{path} is absent (it lives in ../shared/golden beside the repository)")
-    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    rows = [
+        line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")
+    ]
     return [(name, shape, dtype) for name, shape, dtype in rows]
 
 

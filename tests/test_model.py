@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import tita_fast
+from tests.conftest import load_golden, published_key_file, rel_err
 from tita_fast.nn.swin import CrossSwinBlock, SwinBlock, shift_window_mask
 from tita_fast.nn.tita import reflect_pad_to_multiple
 from tita_fast.reference import published
-from tests.conftest import load_golden, published_key_file, rel_err
 
 SMALL = dict(img_size=16, in_chans=1, embed_dim=12, Ex_depths=[2], Fusion_depths=[2], Re_depths=[2],
              Ex_num_heads=[2], Fusion_num_heads=[3], Re_num_heads=[2], window_size=4, mlp_ratio=2)  # fmt: skip
@@ -28,7 +28,9 @@ def small_model(**overrides) -> tita_fast.TITA:
 
 def images(n, c, h, w, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, c, h, w, generator=g, dtype=torch.float64), torch.rand(n, c, h, w, generator=g, dtype=torch.float64)
+    return torch.rand(n, c, h, w, generator=g, dtype=torch.float64), torch.rand(
+        n, c, h, w, generator=g, dtype=torch.float64
+    )
 
 
 # -- state-dict compatibility ----------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ def test_ipa_and_oaf_inside_tita_are_the_public_modules():
     standalone = tita_fast.IPA(60).double()
     standalone.load_state_dict(block.ipa.state_dict())
     a, b = torch.randn(2, 2, 7, 60, dtype=torch.float64).unbind(0)
-    for got, want in zip(block.ipa(a, b), standalone(a, b)):
+    for got, want in zip(block.ipa(a, b), standalone(a, b), strict=False):
         assert torch.equal(got, want)
     # parameters are shared, not copied: moving the model moves the attached modules
     model.float()
@@ -164,7 +166,7 @@ def test_matches_the_published_algorithms_on_other_configurations(config, shape,
     monkeypatch.setattr(tita_fast.ops, "oaf_mix", published.oaf_mix_published)
     theirs = run()
     assert len(ours) == len(theirs)
-    assert max(rel_err(x, y) for x, y in zip(ours, theirs)) <= 1e-9
+    assert max(rel_err(x, y) for x, y in zip(ours, theirs, strict=False)) <= 1e-9
 
 
 def test_batch_items_are_independent():
@@ -189,7 +191,9 @@ def test_padding_is_published_reflect_and_extends_it_for_tiny_images():
     assert reflect_pad_to_multiple(x, 1) is x
     for h, w in [(2, 3), (3, 1), (1, 1)]:
         tiny = torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)
-        expected = np.pad(tiny.numpy(), ((0, 0), (0, 0), (0, 8 - h), (0, 8 - w)), mode="reflect" if min(h, w) > 1 else "edge")
+        expected = np.pad(
+            tiny.numpy(), ((0, 0), (0, 0), (0, 8 - h), (0, 8 - w)), mode="reflect" if min(h, w) > 1 else "edge"
+        )
         if h > 1 and w == 1:
             expected = np.pad(np.pad(tiny.numpy(), ((0, 0), (0, 0), (0, 8 - h), (0, 0)), mode="reflect"),
                               ((0, 0), (0, 0), (0, 0), (0, 7)), mode="edge")  # fmt: skip

@@ -99,7 +99,9 @@ class TITA(nn.Module):
         }  # fmt: skip
         for name, (value, supported) in unsupported.items():
             if value != supported:
-                raise ValueError(f"TITA supports only {name}={supported!r} (the published fusion network), got {value!r}")
+                raise ValueError(
+                    f"TITA supports only {name}={supported!r} (the published fusion network), got {value!r}"
+                )
         if upsampler not in ("", None):
             raise ValueError(f"TITA supports no upsampler (upsampler='' or None), got {upsampler!r}")
         if in_chans == 6:
@@ -142,7 +144,7 @@ class TITA(nn.Module):
             starts = [sum(depths[:i]) for i in range(len(depths))]
             return nn.ModuleList(
                 stage_cls(embed_dim, resolution, d, h, window_size, rates[s : s + d], **block_args)
-                for d, h, s in zip(depths, heads, starts)
+                for d, h, s in zip(depths, heads, starts, strict=False)
             )
 
         self.layers_Ex_A = stages(SwinStage, Ex_depths, Ex_num_heads)

@@ -31,7 +31,9 @@ def ipa(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IPA of token tensors ``a, b`` (N, L, C) for both directions; see :func:`tita_fast.reference.ipa_reference`."""
     if a.dim() != 3 or a.shape != b.shape:
-        raise ValueError(f"IPA expects two (N, L, C) token tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"IPA expects two (N, L, C) token tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     channels = a.shape[-1]
     if relation_fc1_weight.shape != (channels, 2 * channels):
         raise ValueError(f"IPA parameters are for dim {relation_fc1_weight.shape[0]}, inputs have {channels} channels")
