@@ -308,3 +308,18 @@ def test_every_tensor_follows_the_model_device(size):
     a = torch.empty(2, 1, *size, device="meta")
     out = model(a, a)
     assert out.device.type == "meta" and out.shape == a.shape
+
+
+def test_torch_compile_traces_the_whole_network_without_graph_breaks():
+    model = small_model()
+    a, b = images(2, 1, 9, 12)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # dynamo + autograd tracing, no codegen
+    ai = a.clone().requires_grad_()
+    out = compiled(ai, b)
+    out.sum().backward()
+    ai_eager = a.clone().requires_grad_()
+    expected = model(ai_eager, b)
+    expected.sum().backward()
+    assert rel_err(out, expected) <= 1e-12 and rel_err(ai.grad, ai_eager.grad) <= 1e-12
+    with tita_fast.use_backend("reference"):  # a selection change is seen by the compiled model (re-traced)
+        assert rel_err(compiled(a, b), expected) <= 1e-12

@@ -14,8 +14,8 @@ cannot handle the inputs, raises; nothing falls back silently.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -40,7 +40,9 @@ class Implementation:
 
 
 _registry: dict[str, dict[str, Implementation]] = {}  # op name -> backend name -> implementation
-_selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("tita_fast_backend", default=None)
+# Per-thread stack of use_backend() choices. A plain thread-local (not a ContextVar) so torch.compile can trace
+# the dispatch: dynamo reads it like any Python attribute and guards on it.
+_selected = threading.local()
 
 
 def register(op: str, backend: str, run: Callable, supports: Callable[[torch.Tensor], bool] = _any_tensor) -> None:
@@ -68,9 +70,9 @@ def _check_name(name: str, where: str) -> str:
 
 def selected_backend() -> str:
     """The backend asked for here: the innermost ``use_backend`` block, else ``$TITA_FAST_BACKEND``, else auto."""
-    name = _selected.get()
-    if name is not None:
-        return name
+    stack = getattr(_selected, "stack", None)
+    if stack:
+        return stack[-1]
     env = os.environ.get(ENV_VAR, "").strip()
     return _check_name(env, f"from ${ENV_VAR}") if env else "auto"
 
@@ -78,11 +80,14 @@ def selected_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the fused ops of the enclosed block with backend ``name`` (or ``"auto"``)."""
-    token = _selected.set(_check_name(name, "requested with use_backend"))
+    _check_name(name, "requested with use_backend")
+    if not hasattr(_selected, "stack"):
+        _selected.stack = []
+    _selected.stack.append(name)
     try:
         yield
     finally:
-        _selected.reset(token)
+        _selected.stack.pop()
 
 
 def choose(op: str, example: torch.Tensor) -> Callable:
