@@ -16,7 +16,8 @@ import torch.nn.functional as F
 def _two_key_attention(query, keys, values, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads):
     """``nn.MultiheadAttention`` for one query over two keys, batched over all leading dims.
 
-    query: (..., C); keys, values: (..., 2, C). Operation order follows torch's MHA (scale Q, then dot).
+    query: (..., C); keys, values: (..., 2, C). Operation order follows torch's MHA (scale Q, then dot); with two
+    keys the per-head dot products and the weighted sum are elementwise ops, cheaper than tiny matmuls.
     """
     head_dim = query.shape[-1] // num_heads
     w_q, w_k, w_v = in_proj_weight.chunk(3)
@@ -24,11 +25,11 @@ def _two_key_attention(query, keys, values, in_proj_weight, in_proj_bias, out_pr
     q = F.linear(query, w_q, b_q) * math.sqrt(1.0 / head_dim)
     k = F.linear(keys, w_k, b_k)
     v = F.linear(values, w_v, b_v)
-    q = q.unflatten(-1, (num_heads, head_dim))  # (..., h, d)
+    q = q.unflatten(-1, (num_heads, head_dim)).unsqueeze(-3)  # (..., 1, h, d)
     k = k.unflatten(-1, (num_heads, head_dim))  # (..., 2, h, d)
     v = v.unflatten(-1, (num_heads, head_dim))
-    p = torch.einsum("...hd,...jhd->...hj", q, k).softmax(dim=-1)
-    o = torch.einsum("...hj,...jhd->...hd", p, v).flatten(-2)
+    p = (q * k).sum(dim=-1, keepdim=True).softmax(dim=-3)  # (..., 2, h, 1): softmax over the two keys
+    o = (p * v).sum(dim=-3).flatten(-2)
     return F.linear(o, out_proj_weight, out_proj_bias)
 
 

@@ -9,6 +9,9 @@ speed/memory baselines of the benchmarks. Same signatures as the ops; never used
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +72,17 @@ def oaf_mix_published(
         out = out + mix_weights[:, i].view(-1, 1, 1, 1) * fx
         out = out + mix_weights[:, i + 3].view(-1, 1, 1, 1) * fy
     return out
+
+
+@contextlib.contextmanager
+def published_ops() -> Iterator[None]:
+    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend):
+    the baseline of parity tests and benchmarks. Not thread-safe; not for production use."""
+    from tita_fast import ops
+
+    saved = ops.ipa, ops.oaf_mix
+    ops.ipa, ops.oaf_mix = ipa_published, oaf_mix_published
+    try:
+        yield
+    finally:
+        ops.ipa, ops.oaf_mix = saved
