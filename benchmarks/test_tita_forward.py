@@ -7,7 +7,6 @@ Run: ``pip install ".[bench]" && python -m pytest benchmarks --benchmark-columns
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
