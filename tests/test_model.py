@@ -323,3 +323,17 @@ def test_torch_compile_traces_the_whole_network_without_graph_breaks():
     assert rel_err(out, expected) <= 1e-12 and rel_err(ai.grad, ai_eager.grad) <= 1e-12
     with tita_fast.use_backend("reference"):  # a selection change is seen by the compiled model (re-traced)
         assert rel_err(compiled(a, b), expected) <= 1e-12
+
+
+def test_deepcopy_keeps_the_attached_modules_shared_with_the_copy():
+    import copy
+
+    model = small_model()
+    twin = copy.deepcopy(model)  # what an EMA copy does
+    block = twin.layers_Fusion[0].residual_group.blocks[0]
+    assert block.ipa.k_noise is block.k_noise and twin.oaf.fafb_A is twin.fafb_A
+    assert block.k_noise is not model.layers_Fusion[0].residual_group.blocks[0].k_noise
+    a, b = images(1, 1, 8, 8)
+    with torch.no_grad():
+        block.k_noise.weight.add_(1.0)  # changing the copy's parameter changes what the copy's IPA computes
+    assert not torch.equal(twin(a, b), model(a, b))
