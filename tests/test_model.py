@@ -128,7 +128,7 @@ def test_ipa_and_oaf_inside_tita_are_the_public_modules():
     standalone = tita_fast.IPA(60).double()
     standalone.load_state_dict(block.ipa.state_dict())
     a, b = torch.randn(2, 2, 7, 60, dtype=torch.float64).unbind(0)
-    for got, want in zip(block.ipa(a, b), standalone(a, b), strict=False):
+    for got, want in zip(block.ipa(a, b), standalone(a, b), strict=True):
         assert torch.equal(got, want)
     # parameters are shared, not copied: moving the model moves the attached modules
     model.float()
@@ -166,7 +166,7 @@ def test_matches_the_published_algorithms_on_other_configurations(config, shape)
         theirs = run()
     assert tita_fast.ops.ipa is not published.ipa_published  # restored
     assert len(ours) == len(theirs)
-    assert max(rel_err(x, y) for x, y in zip(ours, theirs, strict=False)) <= 1e-9
+    assert max(rel_err(x, y) for x, y in zip(ours, theirs, strict=True)) <= 1e-9
 
 
 def test_batch_items_are_independent():
@@ -266,6 +266,7 @@ def test_blocks_get_the_published_shift_pattern():
         ({"patch_size": 2}, "patch_size"),
         ({"in_chans": 6}, "in_chans=6"),
         ({"embed_dim": 64}, "multiple of 6"),
+        ({"embed_dim": 3, "Fusion_depths": []}, "at least 4"),
         ({"Fusion_depths": [4, 4], "Fusion_num_heads": [6]}, "Fusion_num_heads"),
         ({"img_size": 20}, "multiple of the window"),
     ],
@@ -337,3 +338,26 @@ def test_deepcopy_keeps_the_attached_modules_shared_with_the_copy():
     with torch.no_grad():
         block.k_noise.weight.add_(1.0)  # changing the copy's parameter changes what the copy's IPA computes
     assert not torch.equal(twin(a, b), model(a, b))
+
+
+def test_published_leniencies_are_kept():
+    # extra head counts are ignored; without cross blocks (no IPA) embed_dim need not be a multiple of 6
+    model = tita_fast.TITA(**{**SMALL, "Ex_num_heads": [2, 3], "embed_dim": 8, "Fusion_depths": []})
+    assert len(model.layers_Ex_A) == 1 and len(model.layers_Fusion) == 0
+    a, b = images(1, 1, 5, 6)
+    assert model.double()(a, b).shape == a.shape
+
+
+def test_drop_path_of_one_drops_the_branch_without_nan():
+    layer = tita_fast.nn.layers.DropPath(1.0).train()
+    assert torch.equal(layer(torch.ones(3, 4)), torch.zeros(3, 4))
+    out = small_model(drop_path_rate=1.0).train()(*images(2, 1, 8, 8))
+    assert torch.isfinite(out).all()
+
+
+def test_from_checkpoint_explains_a_missing_shift_mask(tmp_path):
+    torch.save(small_model(img_size=4).state_dict(), tmp_path / "shrunk.pth")  # window 4, img_size 4: no shift
+    with pytest.raises(ValueError, match="img_size <= window_size"):
+        tita_fast.TITA.from_checkpoint(tmp_path / "shrunk.pth")
+    model = tita_fast.TITA.from_checkpoint(tmp_path / "shrunk.pth", img_size=4, window_size=4)
+    assert model.layers_Re[0].residual_group.blocks[1].shift == 0

@@ -33,7 +33,9 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
+        if keep > 0.0:  # p = 1 drops every branch; nothing to rescale
+            mask.div_(keep)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -108,10 +108,12 @@ class TITA(nn.Module):
             raise ValueError("in_chans=6 is not supported: the published network subtracts a 3-channel mean there")
         for name, depths, heads in (("Ex", Ex_depths, Ex_num_heads), ("Fusion", Fusion_depths, Fusion_num_heads),
                                     ("Re", Re_depths, Re_num_heads)):  # fmt: skip
-            if len(depths) != len(heads):
-                raise ValueError(f"{name}_depths {list(depths)} and {name}_num_heads {list(heads)} differ in length")
-        if embed_dim <= 0 or embed_dim % 6:
-            raise ValueError(f"embed_dim must be a positive multiple of 6 (IPA uses 6 heads), got {embed_dim}")
+            if len(heads) < len(depths):  # extra head counts are ignored, as published
+                raise ValueError(f"{name}_num_heads {list(heads)} has fewer entries than {name}_depths {list(depths)}")
+        if embed_dim < 4:
+            raise ValueError("embed_dim must be at least 4 (the last convolutions have embed_dim // 4 channels)")
+        if sum(Fusion_depths) and embed_dim % 6:
+            raise ValueError(f"embed_dim must be a multiple of 6 (the cross blocks' IPA has 6 heads), got {embed_dim}")
 
         self.config = dict(
             img_size=img_size, in_chans=in_chans, embed_dim=embed_dim, Ex_depths=list(Ex_depths),
@@ -144,7 +146,7 @@ class TITA(nn.Module):
             starts = [sum(depths[:i]) for i in range(len(depths))]
             return nn.ModuleList(
                 stage_cls(embed_dim, resolution, d, h, window_size, rates[s : s + d], **block_args)
-                for d, h, s in zip(depths, heads, starts, strict=False)
+                for d, h, s in zip(depths, heads[: len(depths)], starts, strict=True)
             )
 
         self.layers_Ex_A = stages(SwinStage, Ex_depths, Ex_num_heads)
@@ -249,10 +251,16 @@ class TITA(nn.Module):
         except RuntimeError as err:  # shape mismatches
             raise ValueError(f"{os.fspath(path)} does not match TITA({_fmt(config)}):\n{err}") from None
         if result.missing_keys or result.unexpected_keys:
+            hint = ""
+            if result.missing_keys and all(k.endswith(".attn_mask") for k in result.missing_keys):
+                hint = (
+                    "\n  the file has no shifted-window masks: it was made with img_size <= window_size; "
+                    "pass the img_size and window_size it was built with"
+                )
             raise ValueError(
                 f"{os.fspath(path)} is not a checkpoint of TITA({_fmt(config)}):\n"
                 f"  missing keys ({len(result.missing_keys)}): {_fmt_keys(result.missing_keys)}\n"
-                f"  unexpected keys ({len(result.unexpected_keys)}): {_fmt_keys(result.unexpected_keys)}"
+                f"  unexpected keys ({len(result.unexpected_keys)}): {_fmt_keys(result.unexpected_keys)}{hint}"
             )
         return model.eval()
 

@@ -52,7 +52,7 @@ def oaf_mix_reference(
     features_x = (adaptive_highpass(x, filter_logits_x, hamming_x), x + residual_x, x * multiplier_x)
     features_y = (adaptive_highpass(y, filter_logits_y, hamming_y), y + residual_y, y * multiplier_y)
     out = 0
-    for i, (fx, fy) in enumerate(zip(features_x, features_y, strict=False)):
+    for i, (fx, fy) in enumerate(zip(features_x, features_y, strict=True)):
         out = out + w[i] * fx
         out = out + w[i + 3] * fy
     return out

@@ -68,7 +68,7 @@ def oaf_mix_published(
     features_x = [_highpass_unfold(x, filter_logits_x, hamming_x), x + residual_x, x * multiplier_x]
     features_y = [_highpass_unfold(y, filter_logits_y, hamming_y), y + residual_y, y * multiplier_y]
     out = 0
-    for i, (fx, fy) in enumerate(zip(features_x, features_y, strict=False)):
+    for i, (fx, fy) in enumerate(zip(features_x, features_y, strict=True)):
         out = out + mix_weights[:, i].view(-1, 1, 1, 1) * fx
         out = out + mix_weights[:, i + 3].view(-1, 1, 1, 1) * fy
     return out
