@@ -47,6 +47,8 @@ def attach_flat(parent: nn.Module, name: str, child: nn.Module) -> None:
     The published network has no level of its own for IPA and OAF in its state-dict (``blocks.0.k_noise.weight``,
     ``fafb_A.*``), so the modules users import are attached this way: checkpoint keys, ``named_parameters`` and
     ``state_dict`` stay exactly the published ones, and the parameters are the child's own (shared, not copied).
+    The child object itself is not registered, so ``.train()``/``.eval()`` do not reach its own ``training`` flag
+    (its submodules' flags are set as usual): attach only modules without mode-dependent behaviour of their own.
     """
     if any(True for _ in child.parameters(recurse=False)) or any(True for _ in child.buffers(recurse=False)):
         raise ValueError(f"{type(child).__name__} holds tensors of its own and cannot be attached flat")
