@@ -2,13 +2,13 @@
 
 Tolerances, all relative to the largest magnitude of the expected tensor:
 
-* float64: 1e-9 (the issue's bar; observed ~1e-14, the rounding of a different but equivalent op order).
+* float64: 1e-9 (the issue's bar; observed <= 1e-13, the rounding of a different but equivalent op order).
 * float32: inputs and parameters are float32-exact, so the only error is float32 rounding (unit roundoff 6e-8)
-  grown through the network. IPA and OAF alone: observed <= 8e-7, bound 1e-5. Whole TITA (some 40 layers with
-  LayerNorms and softmaxes): outputs and input gradients observed <= 2e-6, bound 2e-5; parameter gradients
-  (sums over every pixel and both images) observed <= 5e-5, bound 5e-4.
-* bfloat16 (8-bit mantissa, unit roundoff 4e-3): IPA and OAF observed <= 1.3e-2, bound 4e-2; whole-TITA
-  forward observed 2e-2, bound 6e-2. Whole-network bf16 gradients differ by up to ~0.3 of the largest magnitude
+  grown through the network. IPA and OAF alone: observed <= 8.1e-7, bound 1e-5. Whole TITA (some 40 layers with
+  LayerNorms and softmaxes): outputs and input gradients observed <= 2.1e-6, bound 2e-5; parameter gradients
+  (sums over every pixel and both images) observed <= 5.8e-5, bound 5e-4.
+* bfloat16 (8-bit mantissa, unit roundoff 4e-3): IPA and OAF observed <= 1.2e-2, bound 4e-2; whole-TITA
+  forward observed 2.2e-2, bound 6e-2. Whole-network bf16 gradients differ by up to ~0.4 of the largest magnitude
   in places, so for them we check direction (cosine >= 0.99) rather than values.
 """
 
