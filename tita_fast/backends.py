@@ -23,8 +23,9 @@ import torch
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 ENV_VAR = "TITA_FAST_BACKEND"
-# "auto" tries these in order; the reference comes last as it is the slowest.
-_AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
+# "auto" tries these in order; the reference comes last as it is the slowest. Triton before the CUDA C++ kernels:
+# its kernels keep the pixel tile's products on tensor cores (not yet measured against each other on a GPU).
+_AUTO_ORDER = ("triton", "cuda", "cpu", "reference")
 
 
 def _any_tensor(example: torch.Tensor) -> bool:
@@ -33,10 +34,18 @@ def _any_tensor(example: torch.Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Implementation:
-    """One backend's implementation of one op; ``supports`` says whether it handles inputs like a tensor."""
+    """One backend's implementation of one op.
+
+    ``supports`` says whether it handles inputs like a tensor; ``automatic`` whether "auto" may pick it for them
+    (the Triton interpreter handles CPU tensors when asked for, but is never the fast choice).
+    """
 
     run: Callable
     supports: Callable[[torch.Tensor], bool] = _any_tensor
+    automatic: Callable[[torch.Tensor], bool] | None = None
+
+    def chosen_automatically(self, example: torch.Tensor) -> bool:
+        return self.supports(example) and (self.automatic is None or self.automatic(example))
 
 
 _registry: dict[str, dict[str, Implementation]] = {}  # op name -> backend name -> implementation
@@ -45,11 +54,17 @@ _registry: dict[str, dict[str, Implementation]] = {}  # op name -> backend name 
 _selected = threading.local()
 
 
-def register(op: str, backend: str, run: Callable, supports: Callable[[torch.Tensor], bool] = _any_tensor) -> None:
+def register(
+    op: str,
+    backend: str,
+    run: Callable,
+    supports: Callable[[torch.Tensor], bool] = _any_tensor,
+    automatic: Callable[[torch.Tensor], bool] | None = None,
+) -> None:
     """Make ``run`` the ``backend`` implementation of ``op`` (called by the op modules when they load)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
-    _registry.setdefault(op, {})[backend] = Implementation(run, supports)
+    _registry.setdefault(op, {})[backend] = Implementation(run, supports, automatic)
 
 
 def available_backends() -> list[str]:
@@ -97,7 +112,7 @@ def choose(op: str, example: torch.Tensor) -> Callable:
     if name == "auto":
         for candidate in _AUTO_ORDER:
             impl = impls.get(candidate)
-            if impl is not None and impl.supports(example):
+            if impl is not None and impl.chosen_automatically(example):
                 return impl.run
         raise RuntimeError(f"no tita_fast backend runs {op} on {example.device} {example.dtype} tensors")
     impl = impls.get(name)

@@ -1,34 +1,151 @@
-"""The IPA op: input checks and backend dispatch (implementations: reference now, fused kernels later)."""
+"""The IPA op: input checks, backend dispatch, and the custom ops (with autograd) of the fused kernels.
+
+Backends: ``reference`` (:func:`tita_fast.reference.ipa_reference`, plain autograd), ``cpu`` and ``cuda`` (the
+compiled ``torch.ops.tita_fast.ipa_forward`` / ``ipa_backward``, csrc/ipa/), ``triton`` (the custom ops
+``tita_fast::ipa_forward_triton`` / ``ipa_backward_triton`` over :mod:`tita_fast.kernels.ipa`).
+
+Every fused backend saves only its inputs (a, b and the parameters) for backward; the backward kernel
+recomputes the per-pixel forward, which costs about as much as re-reading the intermediates would.
+"""
 
 from __future__ import annotations
 
-import torch
+import importlib.util
+import os
 
-from tita_fast import backends
+import torch
+from torch import Tensor
+
+from tita_fast import _extension, backends
 from tita_fast.reference.ipa import ipa_reference
+
+PARAMETERS = (
+    "relation_fc1_weight", "relation_fc1_bias", "relation_fc2_weight", "relation_fc2_bias",
+    "in_proj_weight_ab", "in_proj_bias_ab", "out_proj_weight_ab", "out_proj_bias_ab",
+    "in_proj_weight_ba", "in_proj_bias_ba", "out_proj_weight_ba", "out_proj_bias_ba",
+    "k_noise", "v_noise",
+)  # fmt: skip
+
+
+def _register_autograd_and_fake(forward: str, backward) -> None:
+    """Autograd (saving inputs only) and shape-only implementations for a fused forward/backward op pair."""
+
+    def setup_context(ctx, inputs, output):
+        *tensors, ctx.num_heads = inputs
+        ctx.save_for_backward(*tensors)
+
+    def backward_fn(ctx, grad_a, grad_b):
+        grads = backward(grad_a.contiguous(), grad_b.contiguous(), *ctx.saved_tensors, ctx.num_heads)
+        return (*grads, None)
+
+    torch.library.register_autograd(forward, backward_fn, setup_context=setup_context)
+    torch.library.register_fake(forward)(lambda a, b, *rest: (torch.empty_like(a), torch.empty_like(b)))
+
+
+def _backward_fake(grad_a, grad_b, a, b, *params_and_heads):
+    return [torch.empty_like(a), torch.empty_like(b), *(torch.empty_like(p) for p in params_and_heads[:-1])]
+
+
+def _fused(forward_op):
+    """A backend implementation: flattens tokens to (M, C) rows and casts parameters to the inputs' dtype."""
+
+    def run(a: Tensor, b: Tensor, *rest) -> tuple[Tensor, Tensor]:
+        *params, num_heads = rest
+        shape = a.shape
+        flat = [t.reshape(-1, shape[-1]).contiguous() for t in (a, b)]
+        params = [p.to(a.dtype).contiguous() for p in params]
+        out_a, out_b = forward_op(*flat, *params, num_heads)
+        return out_a.view(shape), out_b.view(shape)
+
+    return run
+
 
 backends.register("ipa", "reference", ipa_reference)
 
+if _extension.LOAD_ERROR is None:
+    _register_autograd_and_fake("tita_fast::ipa_forward", torch.ops.tita_fast.ipa_backward)
+    torch.library.register_fake("tita_fast::ipa_backward")(_backward_fake)
+    if _extension.has_kernel("ipa_forward", "CPU"):
+        backends.register(
+            "ipa", "cpu", _fused(torch.ops.tita_fast.ipa_forward),
+            supports=lambda t: t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64),
+        )  # fmt: skip
+    if _extension.has_kernel("ipa_forward", "CUDA"):
+        backends.register(
+            "ipa", "cuda", _fused(torch.ops.tita_fast.ipa_forward),
+            supports=lambda t: t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        )  # fmt: skip
+
+
+@torch.library.custom_op("tita_fast::ipa_forward_triton", mutates_args=())
+def _ipa_forward_triton(
+    a: Tensor, b: Tensor,
+    fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
+    in_w_ab: Tensor, in_b_ab: Tensor, out_w_ab: Tensor, out_b_ab: Tensor,
+    in_w_ba: Tensor, in_b_ba: Tensor, out_w_ba: Tensor, out_b_ba: Tensor,
+    k_noise: Tensor, v_noise: Tensor, num_heads: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    from tita_fast.kernels import ipa as kernels
+
+    return kernels.ipa_forward(
+        a, b, fc1_w, fc1_b, fc2_w, fc2_b, in_w_ab, in_b_ab, out_w_ab, out_b_ab,
+        in_w_ba, in_b_ba, out_w_ba, out_b_ba, k_noise, v_noise, num_heads,
+    )  # fmt: skip
+
+
+@torch.library.custom_op("tita_fast::ipa_backward_triton", mutates_args=())
+def _ipa_backward_triton(
+    grad_a: Tensor, grad_b: Tensor, a: Tensor, b: Tensor,
+    fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
+    in_w_ab: Tensor, in_b_ab: Tensor, out_w_ab: Tensor, out_b_ab: Tensor,
+    in_w_ba: Tensor, in_b_ba: Tensor, out_w_ba: Tensor, out_b_ba: Tensor,
+    k_noise: Tensor, v_noise: Tensor, num_heads: int,
+) -> list[Tensor]:  # fmt: skip
+    from tita_fast.kernels import ipa as kernels
+
+    return list(
+        kernels.ipa_backward(
+            grad_a, grad_b, a, b, fc1_w, fc1_b, fc2_w, fc2_b, in_w_ab, in_b_ab, out_w_ab, out_b_ab,
+            in_w_ba, in_b_ba, out_w_ba, out_b_ba, k_noise, v_noise, num_heads,
+        )
+    )  # fmt: skip
+
+
+_ipa_backward_triton.register_fake(_backward_fake)
+_register_autograd_and_fake("tita_fast::ipa_forward_triton", _ipa_backward_triton)
+
+
+def _triton_supports(t: Tensor) -> bool:
+    # The Triton interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors: how CI tests them.
+    on_device = t.is_cuda or (t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    return on_device and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
+if importlib.util.find_spec("triton") is not None:
+    backends.register(
+        "ipa", "triton", _fused(_ipa_forward_triton), supports=_triton_supports, automatic=lambda t: t.is_cuda
+    )
+
 
 def ipa(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    relation_fc1_weight: torch.Tensor,
-    relation_fc1_bias: torch.Tensor,
-    relation_fc2_weight: torch.Tensor,
-    relation_fc2_bias: torch.Tensor,
-    in_proj_weight_ab: torch.Tensor,
-    in_proj_bias_ab: torch.Tensor,
-    out_proj_weight_ab: torch.Tensor,
-    out_proj_bias_ab: torch.Tensor,
-    in_proj_weight_ba: torch.Tensor,
-    in_proj_bias_ba: torch.Tensor,
-    out_proj_weight_ba: torch.Tensor,
-    out_proj_bias_ba: torch.Tensor,
-    k_noise: torch.Tensor,
-    v_noise: torch.Tensor,
+    a: Tensor,
+    b: Tensor,
+    relation_fc1_weight: Tensor,
+    relation_fc1_bias: Tensor,
+    relation_fc2_weight: Tensor,
+    relation_fc2_bias: Tensor,
+    in_proj_weight_ab: Tensor,
+    in_proj_bias_ab: Tensor,
+    out_proj_weight_ab: Tensor,
+    out_proj_bias_ab: Tensor,
+    in_proj_weight_ba: Tensor,
+    in_proj_bias_ba: Tensor,
+    out_proj_weight_ba: Tensor,
+    out_proj_bias_ba: Tensor,
+    k_noise: Tensor,
+    v_noise: Tensor,
     num_heads: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor]:
     """IPA of token tensors ``a, b`` (N, L, C) for both directions; see :func:`tita_fast.reference.ipa_reference`."""
     if a.dim() != 3 or a.shape != b.shape:
         raise ValueError(

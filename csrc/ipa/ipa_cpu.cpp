@@ -1,0 +1,174 @@
+// IPA on the CPU: tiles of pixels in parallel (at::parallel_for), each thread running the pipeline of
+// ipa_tile.h on its own cache-resident buffers with BLAS for the tile's matrix products. The backward
+// accumulates parameter gradients per thread chunk, summed at the end (deterministic for a thread count).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "ipa_common.h"
+
+namespace tita_fast {
+namespace ipa {
+namespace {
+
+// Pixels per tile: large enough to amortise the per-product call overhead, small enough for the backward
+// tile (about 60 arrays of C values per pixel) to stay within the L2 cache for C = 60.
+constexpr int64_t kTileRows = 64;
+
+template <typename acc_t>
+struct CpuPolicy {
+  static constexpr int64_t tid = 0, nthreads = 1;
+  at::TensorOptions opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+
+  void sync() {}
+  at::Tensor mat(const acc_t* p, int64_t rows, int64_t cols, int64_t ld) const {
+    return at::from_blob(const_cast<acc_t*>(p), {rows, cols}, {ld, 1}, opts);
+  }
+  // Y (rows, n_out) (+)= X (rows, n_in) W^T, W (n_out, n_in)
+  void linear(acc_t* Y, int64_t ldy, const acc_t* X, int64_t ldx, const acc_t* W, int64_t ldw, int64_t rows,
+              int64_t n_out, int64_t n_in, bool accumulate) {
+    product(mat(Y, rows, n_out, ldy), mat(X, rows, n_in, ldx), mat(W, n_out, n_in, ldw).t(), accumulate);
+  }
+  // Y (rows, n_out) (+)= X (rows, n_in) W, W (n_in, n_out)
+  void linear_t(acc_t* Y, int64_t ldy, const acc_t* X, int64_t ldx, const acc_t* W, int64_t ldw, int64_t rows,
+                int64_t n_out, int64_t n_in, bool accumulate) {
+    product(mat(Y, rows, n_out, ldy), mat(X, rows, n_in, ldx), mat(W, n_in, n_out, ldw), accumulate);
+  }
+  // dW (n_out, n_in) += G^T X over the rows
+  void outer(acc_t* dW, int64_t lddw, const acc_t* G, int64_t ldg, const acc_t* X, int64_t ldx, int64_t rows,
+             int64_t n_out, int64_t n_in) {
+    product(mat(dW, n_out, n_in, lddw), mat(G, rows, n_out, ldg).t(), mat(X, rows, n_in, ldx), true);
+  }
+  void colsum(acc_t* db, const acc_t* G, int64_t ldg, int64_t rows, int64_t n, acc_t alpha) {
+    for (int64_t p = 0; p < rows; ++p)
+      for (int64_t c = 0; c < n; ++c) db[c] += alpha * G[p * ldg + c];
+  }
+
+ private:
+  static void product(at::Tensor y, const at::Tensor& x, const at::Tensor& w, bool accumulate) {
+    if (accumulate)
+      y.addmm_(x, w);
+    else
+      at::mm_out(y, x, w);
+  }
+};
+
+// Carves a tile's arrays out of one buffer; `backward` adds the backward-only arrays.
+template <typename acc_t>
+Tile<acc_t> carve_tile(std::vector<acc_t>& buf, int64_t rows, int64_t C, int64_t heads, bool backward) {
+  const int64_t per_dir_c = backward ? 20 : 8, per_dir_2c = backward ? 1 : 0;
+  buf.resize(rows * (10 * C + 2 * (per_dir_c * C + per_dir_2c * 2 * C + heads)));
+  acc_t* next = buf.data();
+  auto take = [&](int64_t width) {
+    acc_t* p = next;
+    next += rows * width;
+    return p;
+  };
+  Tile<acc_t> t{};
+  t.A = take(5 * C);
+  t.B = take(5 * C);
+  for (int d = 0; d < 2; ++d) {
+    t.x[d] = take(C), t.z1[d] = take(C), t.h[d] = take(C), t.r[d] = take(C), t.kk[d] = take(C);
+    t.D[d] = take(C), t.O[d] = take(C), t.out[d] = take(C), t.p1[d] = take(heads);
+    if (backward) {
+      t.g[d] = take(C), t.dO[d] = take(C), t.dQ[d] = take(C), t.dD[d] = take(C), t.dV1[d] = take(C);
+      t.dV2[d] = take(C), t.dx[d] = take(C), t.e[d] = take(C), t.dvo[d] = take(C), t.dz2[d] = take(C);
+      t.dh[d] = take(C), t.dz1[d] = take(C), t.du[d] = take(2 * C);
+    }
+  }
+  return t;
+}
+
+template <typename scalar_t>
+void load_rows(scalar_t* dst, const at::Tensor& src, int64_t row0, int64_t rows) {
+  const int64_t C = src.size(1);
+  std::copy_n(src.data_ptr<scalar_t>() + row0 * C, rows * C, dst);
+}
+
+at::ScalarType check_cpu(const at::Tensor& a) {
+  TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
+              "ipa (cpu backend): supports float32 and float64, got ", a.scalar_type());
+  return a.scalar_type();
+}
+
+std::tuple<at::Tensor, at::Tensor> ipa_forward_cpu(const at::Tensor& a_, const at::Tensor& b_, TITA_IPA_PARAM_ARGS,
+                                                   int64_t heads) {
+  const Params params = params_from(TITA_IPA_PARAM_NAMES);
+  check_inputs(a_, b_, params, heads);
+  const auto dtype = check_cpu(a_);
+  const at::Tensor a = a_.contiguous(), b = b_.contiguous();
+  at::Tensor out_a = at::empty_like(a), out_b = at::empty_like(b);
+  const int64_t M = a.size(0), C = a.size(1);
+  const PackedWeights packed(params, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "ipa_forward_cpu", [&] {
+    const Weights<scalar_t> w = packed.view<scalar_t>(heads);
+    at::parallel_for(0, (M + kTileRows - 1) / kTileRows, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> buf;
+      CpuPolicy<scalar_t> pol;
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, M - row0);
+        const Tile<scalar_t> t = carve_tile(buf, rows, C, heads, false);
+        load_rows(t.x[0], a, row0, rows);
+        load_rows(t.x[1], b, row0, rows);
+        forward_tile(pol, w, t, rows);
+        std::copy_n(t.out[0], rows * C, out_a.data_ptr<scalar_t>() + row0 * C);
+        std::copy_n(t.out[1], rows * C, out_b.data_ptr<scalar_t>() + row0 * C);
+      }
+    });
+  });
+  return {out_a, out_b};
+}
+
+std::vector<at::Tensor> ipa_backward_cpu(const at::Tensor& grad_a_, const at::Tensor& grad_b_, const at::Tensor& a_,
+                                         const at::Tensor& b_, TITA_IPA_PARAM_ARGS, int64_t heads) {
+  const Params params = params_from(TITA_IPA_PARAM_NAMES);
+  check_inputs(a_, b_, params, heads);
+  const auto dtype = check_cpu(a_);
+  TORCH_CHECK(grad_a_.sizes() == a_.sizes() && grad_b_.sizes() == b_.sizes(), "ipa backward: gradient shapes ",
+              grad_a_.sizes(), " and ", grad_b_.sizes(), " do not match the inputs ", a_.sizes());
+  const at::Tensor a = a_.contiguous(), b = b_.contiguous();
+  const at::Tensor ga = grad_a_.to(dtype).contiguous(), gb = grad_b_.to(dtype).contiguous();
+  at::Tensor grad_a = at::empty_like(a), grad_b = at::empty_like(b);
+  const int64_t M = a.size(0), C = a.size(1);
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
+  const PackedWeights packed(params, dtype);
+  const GradBuffer grads(params, a.options());
+  at::Tensor partial = at::zeros({chunks, grads.size()}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "ipa_backward_cpu", [&] {
+    const Weights<scalar_t> w = packed.view<scalar_t>(heads);
+    at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      std::vector<scalar_t> buf;
+      CpuPolicy<scalar_t> pol;
+      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+        const Grads<scalar_t> gr = grads.view(partial[chunk].data_ptr<scalar_t>());
+        for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
+          const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, M - row0);
+          const Tile<scalar_t> t = carve_tile(buf, rows, C, heads, true);
+          load_rows(t.x[0], a, row0, rows);
+          load_rows(t.x[1], b, row0, rows);
+          load_rows(t.g[0], ga, row0, rows);
+          load_rows(t.g[1], gb, row0, rows);
+          backward_tile(pol, w, t, rows);
+          accumulate_weight_grads(pol, t, gr, rows, C);
+          std::copy_n(t.dx[0], rows * C, grad_a.data_ptr<scalar_t>() + row0 * C);
+          std::copy_n(t.dx[1], rows * C, grad_b.data_ptr<scalar_t>() + row0 * C);
+        }
+      }
+    });
+  });
+  std::vector<at::Tensor> out = {grad_a, grad_b};
+  for (auto& g : grads.unpack(partial.sum(0), params)) out.push_back(g);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tita_fast, CPU, m) {
+  m.impl("ipa_forward", &ipa_forward_cpu);
+  m.impl("ipa_backward", &ipa_backward_cpu);
+}
+
+}  // namespace ipa
+}  // namespace tita_fast

@@ -1,0 +1,21 @@
+// Schemas of tita_fast's C++ operators (implementations in csrc/<op>/) and the Python module that loads them.
+#include <Python.h>
+#include <torch/library.h>
+
+#define TITA_IPA_PARAMS                                                                                    \
+  "Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, Tensor in_w_ab, Tensor in_b_ab, Tensor out_w_ab, " \
+  "Tensor out_b_ab, Tensor in_w_ba, Tensor in_b_ba, Tensor out_w_ba, Tensor out_b_ba, Tensor k_noise, "       \
+  "Tensor v_noise, int num_heads"
+
+TORCH_LIBRARY(tita_fast, m) {
+  // IPA of flattened tokens a, b (M, C) for both directions: returns (a', b').
+  m.def("ipa_forward(Tensor a, Tensor b, " TITA_IPA_PARAMS ") -> (Tensor, Tensor)");
+  // Gradients of a, b and the 14 parameters (in argument order) from the gradients of a', b'.
+  m.def("ipa_backward(Tensor grad_a, Tensor grad_b, Tensor a, Tensor b, " TITA_IPA_PARAMS ") -> Tensor[]");
+}
+
+// `import tita_fast._C` registers the operators above; the module itself has no attributes.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
