@@ -39,12 +39,11 @@ inline void check_inputs(const at::Tensor& a, const at::Tensor& b, const Params&
   }
 }
 
-// Parameters converted to the accumulation dtype, plus the stacked (5C, C) products and noise differences
-// of ipa_tile.h. Holds the tensors that Weights points into.
+// Parameters converted to the accumulation dtype, plus the stacked matrices of ipa_tile.h's Weights.
+// Holds the tensors that Weights points into.
 struct PackedWeights {
-  std::vector<at::Tensor> keep;
   Params p;
-  at::Tensor in_a, in_b, noise_diff;
+  at::Tensor dif_w, sum_w, own_w[2], noise_diff;
 
   PackedWeights(const Params& src, at::ScalarType acc) {
     auto cvt = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
@@ -54,10 +53,13 @@ struct PackedWeights {
       p.out_w[d] = cvt(src.out_w[d]), p.out_b[d] = cvt(src.out_b[d]);
     }
     const int64_t C = p.fc2_w.size(0);
-    auto W1 = p.fc1_w.split(C, 1);
+    const auto W1 = p.fc1_w.split(C, 1);
+    auto Wq = [&](int d) { return p.in_w[d].narrow(0, 0, C); };
     auto Wv = [&](int d) { return p.in_w[d].narrow(0, 2 * C, C); };
-    in_a = at::cat({W1[0], W1[1], p.in_w[0].narrow(0, 0, C), Wv(0), Wv(1)}).contiguous();
-    in_b = at::cat({W1[0], W1[1], p.in_w[1].narrow(0, 0, C), Wv(1), Wv(0)}).contiguous();
+    sum_w = ((W1[0] + W1[1]) * 0.5).contiguous();
+    dif_w = at::cat({(W1[0] - W1[1]) * 0.5, Wv(0), Wv(1)}).contiguous();
+    own_w[0] = at::cat({Wq(0), Wv(1)}).contiguous();
+    own_w[1] = at::cat({Wq(1), Wv(0)}).contiguous();
     noise_diff = (cvt(src.k_noise) - cvt(src.v_noise)).contiguous();
   }
 
@@ -65,13 +67,13 @@ struct PackedWeights {
   Weights<acc_t> view(int64_t heads) const {
     Weights<acc_t> w;
     const int64_t C = p.fc2_w.size(0);
-    w.in_a = in_a.data_ptr<acc_t>();
-    w.in_b = in_b.data_ptr<acc_t>();
-    w.fc1_w = p.fc1_w.data_ptr<acc_t>();
+    w.dif_w = dif_w.data_ptr<acc_t>();
+    w.sum_w = sum_w.data_ptr<acc_t>();
     w.fc1_b = p.fc1_b.data_ptr<acc_t>();
     w.fc2_w = p.fc2_w.data_ptr<acc_t>();
     w.fc2_b = p.fc2_b.data_ptr<acc_t>();
     for (int d = 0; d < 2; ++d) {
+      w.own_w[d] = own_w[d].data_ptr<acc_t>();
       w.in_proj_w[d] = p.in_w[d].data_ptr<acc_t>();
       w.in_proj_b[d] = p.in_b[d].data_ptr<acc_t>();
       w.out_w[d] = p.out_w[d].data_ptr<acc_t>();
@@ -118,12 +120,16 @@ struct GradBuffer {
     return g;
   }
 
-  // The gradients as tensors of the parameters' shapes and dtypes.
+  // The gradients as tensors of the parameters' shapes and dtypes, from the summed accumulators. fc1_w holds
+  // [Gs, Gt] (see Grads): W1a = (Gs + Gt) / 2, W1b = (Gs - Gt) / 2.
   std::vector<at::Tensor> unpack(const at::Tensor& summed, const Params& p) const {
     std::vector<at::Tensor> out;
     const auto params = p.list();
     for (size_t i = 0; i < params.size(); ++i)
-      out.push_back(summed.narrow(0, offsets[i], numels[i]).view(shapes[i]).to(params[i].scalar_type()));
+      out.push_back(summed.narrow(0, offsets[i], numels[i]).view(shapes[i]));
+    const auto G = out[0].split(out[0].size(0), 1);
+    out[0] = at::cat({G[0] + G[1], G[0] - G[1]}, 1) * 0.5;
+    for (size_t i = 0; i < params.size(); ++i) out[i] = out[i].to(params[i].scalar_type());
     return out;
   }
 };

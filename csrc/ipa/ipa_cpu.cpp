@@ -12,8 +12,8 @@ namespace tita_fast {
 namespace ipa {
 namespace {
 
-// Pixels per tile: large enough to amortise the per-product call overhead, small enough for the backward
-// tile (about 60 arrays of C values per pixel) to stay within the L2 cache for C = 60.
+// Pixels per tile: large enough to amortise the per-product call overhead, small enough for a backward
+// tile (about 40 arrays of C values per pixel) to stay in a core's L2 cache for C = 60.
 constexpr int64_t kTileRows = 64;
 
 template <typename acc_t>
@@ -25,6 +25,7 @@ struct CpuPolicy {
   at::Tensor mat(const acc_t* p, int64_t rows, int64_t cols, int64_t ld) const {
     return at::from_blob(const_cast<acc_t*>(p), {rows, cols}, {ld, 1}, opts);
   }
+  at::Tensor vec(const acc_t* p, int64_t n) const { return at::from_blob(const_cast<acc_t*>(p), {n}, opts); }
   // Y (rows, n_out) (+)= X (rows, n_in) W^T, W (n_out, n_in)
   void linear(acc_t* Y, int64_t ldy, const acc_t* X, int64_t ldx, const acc_t* W, int64_t ldw, int64_t rows,
               int64_t n_out, int64_t n_in, bool accumulate) {
@@ -44,9 +45,22 @@ struct CpuPolicy {
     for (int64_t p = 0; p < rows; ++p)
       for (int64_t c = 0; c < n; ++c) db[c] += alpha * G[p * ldg + c];
   }
+  // Transcendental phases through ATen's vectorised CPU kernels (the ones the reference uses too).
+  void gelu(acc_t* out, const acc_t* z, int64_t n) {
+    at::Tensor y = vec(out, n);
+    at::gelu_out(y, vec(z, n));
+  }
+  void gelu_backward(acc_t* out, const acc_t* grad, const acc_t* z, int64_t n) {
+    at::Tensor y = vec(out, n);
+    at::gelu_backward_out(y, vec(grad, n), vec(z, n));
+  }
+  void softmax_rows(acc_t* out, const acc_t* z, int64_t rows, int64_t C) {
+    at::Tensor y = mat(out, rows, C, C);
+    at::_softmax_out(y, mat(z, rows, C, C), 1, false);
+  }
 
  private:
-  static void product(at::Tensor y, const at::Tensor& x, const at::Tensor& w, bool accumulate) {
+  static void product(at::Tensor y, const at::Tensor& x, const at::Tensor& w, bool accumulate) {  // NOLINT
     if (accumulate)
       y.addmm_(x, w);
     else
@@ -54,11 +68,11 @@ struct CpuPolicy {
   }
 };
 
-// Carves a tile's arrays out of one buffer; `backward` adds the backward-only arrays.
+// Carves a tile's work arrays out of `buf`; inputs and outputs are pointed at the caller's tensors.
 template <typename acc_t>
 Tile<acc_t> carve_tile(std::vector<acc_t>& buf, int64_t rows, int64_t C, int64_t heads, bool backward) {
-  const int64_t per_dir_c = backward ? 20 : 8, per_dir_2c = backward ? 1 : 0;
-  buf.resize(rows * (10 * C + 2 * (per_dir_c * C + per_dir_2c * 2 * C + heads)));
+  const int64_t per_dir = backward ? 18 : 7;  // C-wide arrays per direction, besides own (2C) and p1
+  buf.resize(rows * (6 * C + 2 * (per_dir * C + 2 * C + heads) + (backward ? 4 * C : 0)));
   acc_t* next = buf.data();
   auto take = [&](int64_t width) {
     acc_t* p = next;
@@ -66,24 +80,18 @@ Tile<acc_t> carve_tile(std::vector<acc_t>& buf, int64_t rows, int64_t C, int64_t
     return p;
   };
   Tile<acc_t> t{};
-  t.A = take(5 * C);
-  t.B = take(5 * C);
+  t.sum = take(C), t.dif = take(C), t.Sd = take(3 * C), t.Ss = take(C);
   for (int d = 0; d < 2; ++d) {
-    t.x[d] = take(C), t.z1[d] = take(C), t.h[d] = take(C), t.r[d] = take(C), t.kk[d] = take(C);
-    t.D[d] = take(C), t.O[d] = take(C), t.out[d] = take(C), t.p1[d] = take(heads);
+    t.own[d] = take(2 * C), t.z1[d] = take(C), t.h[d] = take(C), t.z2[d] = take(C), t.r[d] = take(C);
+    t.kk[d] = take(C), t.D[d] = take(C), t.O[d] = take(C), t.p1[d] = take(heads);
     if (backward) {
-      t.g[d] = take(C), t.dO[d] = take(C), t.dQ[d] = take(C), t.dD[d] = take(C), t.dV1[d] = take(C);
-      t.dV2[d] = take(C), t.dx[d] = take(C), t.e[d] = take(C), t.dvo[d] = take(C), t.dz2[d] = take(C);
-      t.dh[d] = take(C), t.dz1[d] = take(C), t.du[d] = take(2 * C);
+      t.dO[d] = take(C), t.dQ[d] = take(C), t.dD[d] = take(C), t.dV1[d] = take(C), t.dV2[d] = take(C);
+      t.dx[d] = take(C), t.e[d] = take(C), t.dvo[d] = take(C), t.dz2[d] = take(C), t.dh[d] = take(C);
+      t.dz1[d] = take(C);
     }
   }
+  if (backward) t.dzs = take(C), t.dzt = take(C), t.dus = take(C), t.dut = take(C);
   return t;
-}
-
-template <typename scalar_t>
-void load_rows(scalar_t* dst, const at::Tensor& src, int64_t row0, int64_t rows) {
-  const int64_t C = src.size(1);
-  std::copy_n(src.data_ptr<scalar_t>() + row0 * C, rows * C, dst);
 }
 
 at::ScalarType check_cpu(const at::Tensor& a) {
@@ -108,12 +116,10 @@ std::tuple<at::Tensor, at::Tensor> ipa_forward_cpu(const at::Tensor& a_, const a
       CpuPolicy<scalar_t> pol;
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, M - row0);
-        const Tile<scalar_t> t = carve_tile(buf, rows, C, heads, false);
-        load_rows(t.x[0], a, row0, rows);
-        load_rows(t.x[1], b, row0, rows);
+        Tile<scalar_t> t = carve_tile(buf, rows, C, heads, false);
+        t.x[0] = a.data_ptr<scalar_t>() + row0 * C, t.x[1] = b.data_ptr<scalar_t>() + row0 * C;
+        t.out[0] = out_a.data_ptr<scalar_t>() + row0 * C, t.out[1] = out_b.data_ptr<scalar_t>() + row0 * C;
         forward_tile(pol, w, t, rows);
-        std::copy_n(t.out[0], rows * C, out_a.data_ptr<scalar_t>() + row0 * C);
-        std::copy_n(t.out[1], rows * C, out_b.data_ptr<scalar_t>() + row0 * C);
       }
     });
   });
@@ -145,11 +151,9 @@ std::vector<at::Tensor> ipa_backward_cpu(const at::Tensor& grad_a_, const at::Te
         const Grads<scalar_t> gr = grads.view(partial[chunk].data_ptr<scalar_t>());
         for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
           const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, M - row0);
-          const Tile<scalar_t> t = carve_tile(buf, rows, C, heads, true);
-          load_rows(t.x[0], a, row0, rows);
-          load_rows(t.x[1], b, row0, rows);
-          load_rows(t.g[0], ga, row0, rows);
-          load_rows(t.g[1], gb, row0, rows);
+          Tile<scalar_t> t = carve_tile(buf, rows, C, heads, true);
+          t.x[0] = a.data_ptr<scalar_t>() + row0 * C, t.x[1] = b.data_ptr<scalar_t>() + row0 * C;
+          t.g[0] = ga.data_ptr<scalar_t>() + row0 * C, t.g[1] = gb.data_ptr<scalar_t>() + row0 * C;
           backward_tile(pol, w, t, rows);
           accumulate_weight_grads(pol, t, gr, rows, C);
           std::copy_n(t.dx[0], rows * C, grad_a.data_ptr<scalar_t>() + row0 * C);
