@@ -24,9 +24,9 @@ FLOAT32 = {"ipa": 1e-5, "oaf": 1e-5, "tita_out": 2e-5, "tita_param_grad": 5e-4}
 BF16 = {"ipa": 4e-2, "oaf": 4e-2, "tita_out": 6e-2}
 
 
-def run_ipa(dtype):
-    g = load_golden("ipa_case.pt")
-    module = tita_fast.IPA(g["dim"], g["heads"]).to(dtype)
+def run_ipa(dtype, device="cpu"):
+    g = {k: v.to(device) if torch.is_tensor(v) else v for k, v in load_golden("ipa_case.pt").items()}
+    module = tita_fast.IPA(g["dim"], g["heads"]).to(device, dtype)
     module.load_state_dict(g["state_dict"])
     x, y = g["x"].to(dtype).requires_grad_(), g["y"].to(dtype).requires_grad_()
     out_x, out_y = module(x, y)
@@ -45,9 +45,9 @@ def run_oaf(dtype):
     return g, {"out": out, "grad_x": x.grad, "grad_y": y.grad}, dict(module.named_parameters())
 
 
-def run_tita(dtype):
-    g = load_golden("tita_case.pt")
-    model = tita_fast.TITA(**g["config"]).to(dtype).eval()
+def run_tita(dtype, device="cpu"):
+    g = {k: v.to(device) if torch.is_tensor(v) else v for k, v in load_golden("tita_case.pt").items()}
+    model = tita_fast.TITA(**g["config"]).to(device, dtype).eval()
     model.load_state_dict(g["state_dict"])
     a, b = g["A"].to(dtype).requires_grad_(), g["B"].to(dtype).requires_grad_()
     out = model(a, b)

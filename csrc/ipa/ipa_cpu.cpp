@@ -68,30 +68,13 @@ struct CpuPolicy {
   }
 };
 
-// Carves a tile's work arrays out of `buf`; inputs and outputs are pointed at the caller's tensors.
+// A tile's work arrays in `buf` (inputs and outputs are pointed at the caller's tensors).
 template <typename acc_t>
-Tile<acc_t> carve_tile(std::vector<acc_t>& buf, int64_t rows, int64_t C, int64_t heads, bool backward) {
-  const int64_t per_dir = backward ? 18 : 7;  // C-wide arrays per direction, besides own (2C) and p1
-  buf.resize(rows * (6 * C + 2 * (per_dir * C + 2 * C + heads) + (backward ? 4 * C : 0)));
-  acc_t* next = buf.data();
-  auto take = [&](int64_t width) {
-    acc_t* p = next;
-    next += rows * width;
-    return p;
-  };
-  Tile<acc_t> t{};
-  t.sum = take(C), t.dif = take(C), t.Sd = take(3 * C), t.Ss = take(C);
-  for (int d = 0; d < 2; ++d) {
-    t.own[d] = take(2 * C), t.z1[d] = take(C), t.h[d] = take(C), t.z2[d] = take(C), t.r[d] = take(C);
-    t.kk[d] = take(C), t.D[d] = take(C), t.O[d] = take(C), t.p1[d] = take(heads);
-    if (backward) {
-      t.dO[d] = take(C), t.dQ[d] = take(C), t.dD[d] = take(C), t.dV1[d] = take(C), t.dV2[d] = take(C);
-      t.dx[d] = take(C), t.e[d] = take(C), t.dvo[d] = take(C), t.dz2[d] = take(C), t.dh[d] = take(C);
-      t.dz1[d] = take(C);
-    }
-  }
-  if (backward) t.dzs = take(C), t.dzt = take(C), t.dus = take(C), t.dut = take(C);
-  return t;
+Tile<acc_t> tile_in(std::vector<acc_t>& buf, int64_t rows, int64_t C, int64_t heads, bool backward) {
+  int64_t size = 0;
+  carve_tile<acc_t>(nullptr, rows, 0, C, heads, backward, false, &size);
+  buf.resize(size);
+  return carve_tile(buf.data(), rows, 0, C, heads, backward, false, &size);
 }
 
 at::ScalarType check_cpu(const at::Tensor& a) {
@@ -116,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> ipa_forward_cpu(const at::Tensor& a_, const a
       CpuPolicy<scalar_t> pol;
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, M - row0);
-        Tile<scalar_t> t = carve_tile(buf, rows, C, heads, false);
+        Tile<scalar_t> t = tile_in(buf, rows, C, heads, false);
         t.x[0] = a.data_ptr<scalar_t>() + row0 * C, t.x[1] = b.data_ptr<scalar_t>() + row0 * C;
         t.out[0] = out_a.data_ptr<scalar_t>() + row0 * C, t.out[1] = out_b.data_ptr<scalar_t>() + row0 * C;
         forward_tile(pol, w, t, rows);
@@ -151,7 +134,7 @@ std::vector<at::Tensor> ipa_backward_cpu(const at::Tensor& grad_a_, const at::Te
         const Grads<scalar_t> gr = grads.view(partial[chunk].data_ptr<scalar_t>());
         for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
           const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, M - row0);
-          Tile<scalar_t> t = carve_tile(buf, rows, C, heads, true);
+          Tile<scalar_t> t = tile_in(buf, rows, C, heads, true);
           t.x[0] = a.data_ptr<scalar_t>() + row0 * C, t.x[1] = b.data_ptr<scalar_t>() + row0 * C;
           t.g[0] = ga.data_ptr<scalar_t>() + row0 * C, t.g[1] = gb.data_ptr<scalar_t>() + row0 * C;
           backward_tile(pol, w, t, rows);

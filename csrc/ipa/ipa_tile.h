@@ -124,6 +124,36 @@ struct Tile {
   acc_t* dut;  // dzt Wd
 };
 
+// Lays out a tile's arrays in `base`, array after array, each with room for `capacity` rows, and points the
+// tile at rows [row0, row0 + rows) of each. `io` adds arrays for the inputs, outputs and incoming gradients
+// (the CUDA kernels convert them to acc_t; the CPU points at the caller's tensors instead). Returns the tile;
+// `*size` receives the number of acc_t elements the layout needs.
+template <typename acc_t>
+TITA_HD Tile<acc_t> carve_tile(acc_t* base, int64_t capacity, int64_t row0, int64_t C, int64_t heads, bool backward,
+                               bool io, int64_t* size) {
+  int64_t used = 0;
+  auto take = [&](int64_t width) {
+    acc_t* p = base ? base + used + row0 * width : nullptr;
+    used += capacity * width;
+    return p;
+  };
+  Tile<acc_t> t{};
+  t.sum = take(C), t.dif = take(C), t.Sd = take(3 * C), t.Ss = take(C);
+  for (int d = 0; d < 2; ++d) {
+    if (io) t.x[d] = take(C), t.out[d] = backward ? nullptr : take(C), t.g[d] = backward ? take(C) : nullptr;
+    t.own[d] = take(2 * C), t.z1[d] = take(C), t.h[d] = take(C), t.z2[d] = take(C), t.r[d] = take(C);
+    t.kk[d] = take(C), t.D[d] = take(C), t.O[d] = take(C), t.p1[d] = take(heads);
+    if (backward) {
+      t.dO[d] = take(C), t.dQ[d] = take(C), t.dD[d] = take(C), t.dV1[d] = take(C), t.dV2[d] = take(C);
+      t.dx[d] = take(C), t.e[d] = take(C), t.dvo[d] = take(C), t.dz2[d] = take(C), t.dh[d] = take(C);
+      t.dz1[d] = take(C);
+    }
+  }
+  if (backward) t.dzs = take(C), t.dzt = take(C), t.dus = take(C), t.dut = take(C);
+  *size = used;
+  return t;
+}
+
 // Projections of direction `dir` inside the stacked products (raw: before biases).
 template <typename acc_t>
 TITA_HD const acc_t* query_raw(const Tile<acc_t>& t, int dir) { return t.own[dir]; }
