@@ -17,3 +17,12 @@ def test_info_prints_versions_and_backends(capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "tita_fast", "info"], capture_output=True, text=True, check=True)
     assert "backends" in result.stdout
+
+
+def test_info_says_when_the_compiled_kernels_did_not_load(capsys, monkeypatch):
+    from tita_fast import _extension
+
+    monkeypatch.setattr(_extension, "LOAD_ERROR", ImportError("undefined symbol: foo"))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled ops not loaded (undefined symbol: foo)" in out and "--no-build-isolation" in out

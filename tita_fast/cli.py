@@ -9,6 +9,7 @@ import sys
 import torch
 
 import tita_fast
+from tita_fast import _extension
 
 
 def info(args: argparse.Namespace) -> int:
@@ -23,6 +24,9 @@ def info(args: argparse.Namespace) -> int:
     print(f"cpu       {platform.machine()}, {torch.get_num_threads()} threads")
     print(f"gpu       {devices}")
     print(f"backends  available: {', '.join(tita_fast.available_backends())}; selected: {tita_fast.selected_backend()}")
+    if _extension.LOAD_ERROR is not None:
+        print(f"kernels   compiled ops not loaded ({_extension.LOAD_ERROR}); reinstall with "
+              "`pip install --no-build-isolation .`")  # fmt: skip
     return 0
 
 

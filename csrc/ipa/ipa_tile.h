@@ -124,6 +124,18 @@ struct Tile {
   acc_t* dut;  // dzt Wd
 };
 
+// Calls f(c, i) for every element of a rows x C array (c: column, i = p * C + c), split over the policy's
+// threads. A serial policy gets plain nested loops the compiler can vectorise (no division per element).
+template <typename Policy, typename F>
+TITA_HD void for_each_element(const Policy& pol, int64_t rows, int64_t C, F&& f) {
+  if (pol.nthreads == 1) {
+    for (int64_t p = 0; p < rows; ++p)
+      for (int64_t c = 0; c < C; ++c) f(c, p * C + c);
+  } else {
+    for (int64_t i = pol.tid; i < rows * C; i += pol.nthreads) f(i % C, i);
+  }
+}
+
 // Lays out a tile's arrays in `base`, array after array, each with room for `capacity` rows, and points the
 // tile at rows [row0, row0 + rows) of each. `io` adds arrays for the inputs, outputs and incoming gradients
 // (the CUDA kernels convert them to acc_t; the CPU points at the caller's tensors instead). Returns the tile;
@@ -169,38 +181,36 @@ TITA_HD acc_t dir_sign(int dir) { return dir == 0 ? acc_t(1) : acc_t(-1); }
 template <typename Policy, typename acc_t>
 TITA_HD void forward_to_attention(Policy& pol, const Weights<acc_t>& w, const Tile<acc_t>& t, int64_t rows) {
   const int64_t C = w.C, n = rows * C;
-  for (int64_t i = pol.tid; i < n; i += pol.nthreads) {
+  for_each_element(pol, rows, C, [&](int64_t, int64_t i) {
     t.sum[i] = t.x[0][i] + t.x[1][i];
     t.dif[i] = t.x[0][i] - t.x[1][i];
-  }
+  });
   pol.sync();
   pol.linear(t.Sd, 3 * C, t.dif, C, w.dif_w, C, rows, 3 * C, C, false);
   pol.linear(t.Ss, C, t.sum, C, w.sum_w, C, rows, C, C, false);
   for (int dir = 0; dir < 2; ++dir) pol.linear(t.own[dir], 2 * C, t.x[dir], C, w.own_w[dir], C, rows, 2 * C, C, false);
   pol.sync();
-  for (int64_t i = pol.tid; i < n; i += pol.nthreads) {
-    const int64_t p = i / C, c = i - p * C;
-    const acc_t common = t.Ss[i] + w.fc1_b[c], wd = t.Sd[p * 3 * C + c];
+  for_each_element(pol, rows, C, [&](int64_t c, int64_t i) {
+    const acc_t common = t.Ss[i] + w.fc1_b[c], wd = t.Sd[i + (i - c) * 2];  // Sd has rows of 3C
     t.z1[0][i] = common + wd;
     t.z1[1][i] = common - wd;
-  }
+  });
   pol.sync();
   for (int dir = 0; dir < 2; ++dir) pol.gelu(t.h[dir], t.z1[dir], n);
   pol.sync();
   for (int dir = 0; dir < 2; ++dir) pol.linear(t.z2[dir], C, t.h[dir], C, w.fc2_w, C, rows, C, C, false);
   pol.sync();
-  for (int64_t i = pol.tid; i < n; i += pol.nthreads) {
-    const int64_t c = i % C;
+  for_each_element(pol, rows, C, [&](int64_t c, int64_t i) {
     t.z2[0][i] += w.fc2_b[c];
     t.z2[1][i] += w.fc2_b[c];
-  }
+  });
   pol.sync();
   for (int dir = 0; dir < 2; ++dir) pol.softmax_rows(t.r[dir], t.z2[dir], rows, C);
   pol.sync();
-  for (int64_t i = pol.tid; i < n; i += pol.nthreads) {
-    const int64_t c = i % C;
-    for (int dir = 0; dir < 2; ++dir) t.kk[dir][i] = w.noise_diff[dir][c] - acc_t(2) * t.x[dir][i] * t.r[dir][i];
-  }
+  for_each_element(pol, rows, C, [&](int64_t c, int64_t i) {
+    t.kk[0][i] = w.noise_diff[0][c] - acc_t(2) * t.x[0][i] * t.r[0][i];
+    t.kk[1][i] = w.noise_diff[1][c] - acc_t(2) * t.x[1][i] * t.r[1][i];
+  });
   pol.sync();
   for (int dir = 0; dir < 2; ++dir) pol.linear(t.D[dir], C, t.kk[dir], C, w.in_proj_w[dir] + C * C, C, rows, C, C, false);
   pol.sync();
@@ -235,10 +245,10 @@ TITA_HD void forward_tile(Policy& pol, const Weights<acc_t>& w, const Tile<acc_t
   forward_to_attention(pol, w, t, rows);
   for (int dir = 0; dir < 2; ++dir) pol.linear(t.out[dir], C, t.O[dir], C, w.out_w[dir], C, rows, C, C, false);
   pol.sync();
-  for (int64_t i = pol.tid; i < rows * C; i += pol.nthreads) {
-    const int64_t c = i % C;
-    for (int dir = 0; dir < 2; ++dir) t.out[dir][i] += t.x[dir][i] + w.out_b[dir][c];
-  }
+  for_each_element(pol, rows, C, [&](int64_t c, int64_t i) {
+    t.out[0][i] += t.x[0][i] + w.out_b[0][c];
+    t.out[1][i] += t.x[1][i] + w.out_b[1][c];
+  });
   pol.sync();
 }
 
@@ -303,21 +313,21 @@ TITA_HD void backward_tile(Policy& pol, const Weights<acc_t>& w, const Tile<acc_
   pol.sync();
   for (int dir = 0; dir < 2; ++dir) pol.gelu_backward(t.dz1[dir], t.dh[dir], t.z1[dir], n);
   pol.sync();
-  for (int64_t i = pol.tid; i < n; i += pol.nthreads) {
+  for_each_element(pol, rows, C, [&](int64_t, int64_t i) {
     t.dzs[i] = t.dz1[0][i] + t.dz1[1][i];
     t.dzt[i] = t.dz1[0][i] - t.dz1[1][i];
-  }
+  });
   pol.sync();
   pol.linear_t(t.dus, C, t.dzs, C, w.sum_w, C, rows, C, C, false);
   pol.linear_t(t.dut, C, t.dzt, C, w.dif_w, C, rows, C, C, false);
   pol.sync();
   // Each source is the query of one direction, the other source of the other, and in both relation inputs.
-  for (int64_t i = pol.tid; i < n; i += pol.nthreads) {
+  for_each_element(pol, rows, C, [&](int64_t, int64_t i) {
     const acc_t ga = t.g[0][i] + t.dx[0][i] - acc_t(2) * t.e[0][i] * t.r[0][i] + t.dvo[1][i] + t.dus[i] + t.dut[i];
     const acc_t gb = t.g[1][i] + t.dx[1][i] - acc_t(2) * t.e[1][i] * t.r[1][i] + t.dvo[0][i] + t.dus[i] - t.dut[i];
     t.dx[0][i] = ga;
     t.dx[1][i] = gb;
-  }
+  });
   pol.sync();
 }
 
