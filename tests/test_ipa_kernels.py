@@ -41,8 +41,8 @@ def random_ipa(channels, heads, dtype, device, seed=0):
     torch.manual_seed(seed)
     module = tita_fast.IPA(channels, heads)
     with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0, 0.3)  # trained-network magnitudes, not the near-zero initialisation
+        for p in module.parameters():  # trained-network magnitudes (~2 / sqrt(C)), not the initialisation's
+            p.normal_(0, 2 / channels**0.5)
     return module.to(device=device, dtype=dtype)
 
 

@@ -23,8 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-FORWARD_BLOCK_M = 32
-BACKWARD_BLOCK_M = 16  # the backward keeps about twice as many tiles alive
+# Pixels per program, and a launch option. The IEEE fp32 dots run on FMA units, with whole operand tiles in
+# registers. Compiled offline for sm_90a (triton 3.9's ptxas, C = 60; not yet run on a GPU): left alone, ptxas keeps
+# to 32 registers a thread and spills ~64 KB a thread; 16 pixels, 8 warps and maxnreg=255 bring the spill stores
+# down to ~3 KB (forward) and ~12 KB (backward). The dot operands take ~2.5 (BLOCK_C, BLOCK_C) tiles of shared
+# memory in the compute dtype: 40 KB for fp32 at BLOCK_C = 64, 144 KB at 128 (H100/A100 only); 256 fits no GPU.
+BLOCK_M = 16
+MAX_REGISTERS = 255
 # Per-pixel weight-gradient factors that the backward kernel writes for each direction, planes of a (9, M, C)
 # buffer in this order (the relation MLP's DZ2, H, DZ1 are those of r_ab for direction ab, of r_ba for ba).
 # Kernels can only read globals that are constexpr.
@@ -318,12 +323,14 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _meta(a: torch.Tensor, params: tuple[torch.Tensor, ...], num_heads: int) -> dict:
-    """Check the inputs; return the kernels' compile-time arguments."""
+def _meta(a: torch.Tensor, b: torch.Tensor, params: tuple[torch.Tensor, ...], num_heads: int) -> dict:
+    """Check the inputs; return the kernels' compile-time arguments and launch options."""
     if a.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise TypeError(f"IPA Triton kernels take float32, bfloat16, float16 or float64, not {a.dtype}")
     if a.dim() != 2 or not a.is_contiguous():
         raise ValueError(f"IPA Triton kernels take contiguous (M, C) tensors, got shape {tuple(a.shape)}")
+    if b.shape != a.shape or b.dtype != a.dtype or not b.is_contiguous():
+        raise ValueError(f"b must be a contiguous {a.dtype} tensor of a's shape {tuple(a.shape)}")
     channels = a.shape[1]
     if channels % num_heads:
         raise ValueError(f"IPA dim {channels} is not divisible by num_heads {num_heads}")
@@ -344,7 +351,8 @@ def _meta(a: torch.Tensor, params: tuple[torch.Tensor, ...], num_heads: int) -> 
         "SCALE": math.sqrt(1.0 / head_dim),  # as the reference (and nn.MultiheadAttention) computes it
         "BLOCK_C": block_c,
         "DT": tl.float64 if a.dtype == torch.float64 else tl.float32,
-        "num_warps": 4 if block_c <= 64 else 8,
+        "num_warps": 4 if block_c <= 32 else 8,
+        "maxnreg": MAX_REGISTERS,
     }
 
 
@@ -374,21 +382,19 @@ def ipa_forward(
         in_proj_weight_ba, in_proj_bias_ba, out_proj_weight_ba, out_proj_bias_ba,
         k_noise, v_noise,
     )  # fmt: skip
-    meta = _meta(a, params, num_heads)
-    if b.shape != a.shape or b.dtype != a.dtype or not b.is_contiguous():
-        raise ValueError(f"b must be a contiguous {a.dtype} tensor of a's shape {tuple(a.shape)}")
+    meta = _meta(a, b, params, num_heads)
     a_new, b_new = torch.empty_like(a), torch.empty_like(b)
     M = a.shape[0]
     if M:
-        grid = (triton.cdiv(M, FORWARD_BLOCK_M),)
-        _ipa_forward_kernel[grid](a, b, a_new, b_new, *params, M, BLOCK_M=FORWARD_BLOCK_M, **meta)
+        grid = (triton.cdiv(M, BLOCK_M),)
+        _ipa_forward_kernel[grid](a, b, a_new, b_new, *params, M, BLOCK_M=BLOCK_M, **meta)
     return a_new, b_new
 
 
 def _chunk_rows(M: int, channels: int, itemsize: int) -> int:
     """Pixels per backward launch: the factor buffer (2 * _NUM_FACTORS planes) stays within _CHUNK_BYTES."""
     rows = _CHUNK_BYTES // (2 * _NUM_FACTORS * channels * itemsize)
-    rows = max(BACKWARD_BLOCK_M, min(_MAX_CHUNK_ROWS, rows) // BACKWARD_BLOCK_M * BACKWARD_BLOCK_M)
+    rows = max(BLOCK_M, min(_MAX_CHUNK_ROWS, rows) // BLOCK_M * BLOCK_M)
     return min(rows, max(M, 1))
 
 
@@ -423,9 +429,7 @@ def ipa_backward(
         in_proj_weight_ba, in_proj_bias_ba, out_proj_weight_ba, out_proj_bias_ba,
         k_noise, v_noise,
     )  # fmt: skip
-    meta = _meta(a, params, num_heads)
-    if b.shape != a.shape or b.dtype != a.dtype or not b.is_contiguous():
-        raise ValueError(f"b must be a contiguous {a.dtype} tensor of a's shape {tuple(a.shape)}")
+    meta = _meta(a, b, params, num_heads)
     grad_a_new = grad_a_new.to(a.dtype).contiguous()
     grad_b_new = grad_b_new.to(a.dtype).contiguous()
     if grad_a_new.shape != a.shape or grad_b_new.shape != a.shape:
@@ -434,15 +438,16 @@ def ipa_backward(
     acc = _compute_dtype(a.dtype)
 
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
-    # Weight-gradient sums, in the compute dtype; index 0/1 = direction ab/ba where there are two.
+    # Weight-gradient sums in the compute dtype; lists are indexed by direction (0: ab, 1: ba). Each its own
+    # tensor: the results must not share storage (torch.library ops refuse outputs that alias each other).
     grad_w1 = a.new_zeros((C, 2 * C), dtype=acc)
     grad_b1 = a.new_zeros(C, dtype=acc)
     grad_w2 = a.new_zeros((C, C), dtype=acc)
     grad_b2 = a.new_zeros(C, dtype=acc)
-    grad_in_w = a.new_zeros((2, 3 * C, C), dtype=acc)
-    grad_in_b = a.new_zeros((2, 3 * C), dtype=acc)
-    grad_out_w = a.new_zeros((2, C, C), dtype=acc)
-    grad_out_b = a.new_zeros((2, C), dtype=acc)
+    grad_in_w = [a.new_zeros((3 * C, C), dtype=acc) for _ in range(2)]
+    grad_in_b = [a.new_zeros(3 * C, dtype=acc) for _ in range(2)]
+    grad_out_w = [a.new_zeros((C, C), dtype=acc) for _ in range(2)]
+    grad_out_b = [a.new_zeros(C, dtype=acc) for _ in range(2)]
     d_key_diff_sum = a.new_zeros((2, C), dtype=acc)
 
     chunk = _chunk_rows(M, C, torch.finfo(acc).bits // 8)
@@ -451,7 +456,7 @@ def ipa_backward(
         stop = min(M, start + chunk)
         n = stop - start
         factors = buffer[: 2 * _NUM_FACTORS * n * C].view(2, _NUM_FACTORS, n, C)
-        grid = (triton.cdiv(n, BACKWARD_BLOCK_M),)
+        grid = (triton.cdiv(n, BLOCK_M),)
         _ipa_backward_kernel[grid](
             grad_a_new[start:stop], grad_b_new[start:stop], a[start:stop], b[start:stop],
             grad_a[start:stop], grad_b[start:stop], factors[0], factors[1],
@@ -459,7 +464,7 @@ def ipa_backward(
             in_proj_weight_ab, in_proj_bias_ab, out_proj_weight_ab,
             in_proj_weight_ba, in_proj_bias_ba, out_proj_weight_ba,
             k_noise, v_noise, n,
-            BLOCK_M=BACKWARD_BLOCK_M, **meta,
+            BLOCK_M=BLOCK_M, **meta,
         )  # fmt: skip
 
         a_c, b_c = a[start:stop].to(acc), b[start:stop].to(acc)
@@ -468,11 +473,11 @@ def ipa_backward(
             attn, dq, d_key_diff, kk, dv1, dv2, dz2, h, dz1 = factors[d]  # the planes _ATTN ... _DZ1
             grad_out_w[d].addmm_(grads_new[d].T, attn)
             grad_out_b[d] += grads_new[d].sum(0)
-            grad_in_w[d, :C].addmm_(dq.T, x)
-            grad_in_w[d, C : 2 * C].addmm_(d_key_diff.T, kk)  # the key bias gets no gradient: it cancels
-            grad_in_w[d, 2 * C :].addmm_(dv1.T, x).addmm_(dv2.T, other)
-            grad_in_b[d, :C] += dq.sum(0)
-            grad_in_b[d, 2 * C :] += dv1.sum(0) + dv2.sum(0)
+            grad_in_w[d][:C].addmm_(dq.T, x)
+            grad_in_w[d][C : 2 * C].addmm_(d_key_diff.T, kk)  # the key bias gets no gradient: it cancels
+            grad_in_w[d][2 * C :].addmm_(dv1.T, x).addmm_(dv2.T, other)
+            grad_in_b[d][:C] += dq.sum(0)
+            grad_in_b[d][2 * C :] += dv1.sum(0) + dv2.sum(0)
             d_key_diff_sum[d] += d_key_diff.sum(0)
             grad_w2.addmm_(dz2.T, h)
             grad_b2 += dz2.sum(0)
@@ -489,5 +494,5 @@ def ipa_backward(
         grad_w1.to(dtype), grad_b1.to(dtype), grad_w2.to(dtype), grad_b2.to(dtype),
         grad_in_w[0].to(dtype), grad_in_b[0].to(dtype), grad_out_w[0].to(dtype), grad_out_b[0].to(dtype),
         grad_in_w[1].to(dtype), grad_in_b[1].to(dtype), grad_out_w[1].to(dtype), grad_out_b[1].to(dtype),
-        grad_k_noise.to(dtype), (-grad_k_noise).to(dtype),
+        grad_k_noise.to(dtype), -grad_k_noise.to(dtype),
     )  # fmt: skip

@@ -115,10 +115,21 @@ _ipa_backward_triton.register_fake(_backward_fake)
 _register_autograd_and_fake("tita_fast::ipa_forward_triton", _ipa_backward_triton)
 
 
+# Shared memory the Triton kernels need for their weight tiles, by padded channel count (from compiling them for
+# sm_80/sm_90; see tita_fast/kernels/ipa.py). Wider C does not fit a GPU: the CUDA backend runs it.
+_TRITON_SHARED_MEMORY = {16: 40 << 10, 32: 40 << 10, 64: 40 << 10, 128: 144 << 10}
+
+
 def _triton_supports(t: Tensor) -> bool:
-    # The Triton interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors: how CI tests them.
-    on_device = t.is_cuda or (t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-    return on_device and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    if t.device.type == "cpu":  # Triton's interpreter (TRITON_INTERPRET=1) runs them on CPU tensors: how CI tests them
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    if not t.is_cuda:
+        return False
+    padded = max(16, 1 << (t.shape[-1] - 1).bit_length())
+    available = getattr(torch.cuda.get_device_properties(t.device), "shared_memory_per_block_optin", 48 << 10)
+    return padded in _TRITON_SHARED_MEMORY and _TRITON_SHARED_MEMORY[padded] <= available
 
 
 if importlib.util.find_spec("triton") is not None:
