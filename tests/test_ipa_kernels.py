@@ -182,3 +182,14 @@ def test_torch_compile_inductor_with_the_fused_op_has_no_graph_break():
     ref_grad_a, ref_grad_w = torch.autograd.grad(ref_a.sum() + (ref_b**2).sum(), [a_ref, module.k_noise.weight])
     for x, y in [(out_a, ref_a), (out_b, ref_b), (grad_a, ref_grad_a), (grad_w, ref_grad_w)]:
         assert rel_err(x, y) <= 2e-5
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_double_backward_raises_instead_of_returning_wrong_gradients(backend):
+    device = device_for(backend)
+    module = random_ipa(12, 3, torch.float32, device)
+    a = torch.randn(1, 4, 12, device=device, requires_grad=True)
+    with tita_fast.use_backend(backend):
+        out_a, _ = module(a, a)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(out_a.sum(), a, create_graph=True)

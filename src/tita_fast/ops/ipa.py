@@ -35,6 +35,11 @@ def _register_autograd_and_fake(forward: str, backward) -> None:
         ctx.save_for_backward(*tensors)
 
     def backward_fn(ctx, grad_a, grad_b):
+        if torch.is_grad_enabled():  # create_graph=True: the backward kernels have no derivative of their own
+            raise NotImplementedError(
+                "the fused IPA kernels do not support double backward; run it on the reference backend "
+                "(tita_fast.use_backend('reference'))"
+            )
         grads = backward(grad_a.contiguous(), grad_b.contiguous(), *ctx.saved_tensors, ctx.num_heads)
         return (*grads, None)
 
