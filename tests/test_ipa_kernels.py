@@ -185,6 +185,23 @@ def test_torch_compile_inductor_with_the_fused_op_has_no_graph_break():
 
 
 @pytest.mark.parametrize("backend", FUSED)
+def test_no_tokens(backend):
+    device = device_for(backend)
+    module = random_ipa(12, 3, torch.float32, device)
+    a = torch.randn(2, 0, 12, device=device, requires_grad=True)
+    with tita_fast.use_backend(backend):
+        out_a, out_b = module(a, a)
+    assert out_a.shape == (2, 0, 12) and out_b.shape == (2, 0, 12)
+    (out_a.sum() + out_b.sum()).backward()
+    assert a.grad.shape == a.shape and torch.all(module.k_noise.weight.grad == 0)
+
+
+def test_inputs_of_different_dtypes_are_rejected():
+    with pytest.raises(ValueError, match="IPA inputs differ"):
+        tita_fast.IPA(12, 3)(torch.randn(1, 2, 12), torch.randn(1, 2, 12, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", FUSED)
 def test_double_backward_raises_instead_of_returning_wrong_gradients(backend):
     device = device_for(backend)
     module = random_ipa(12, 3, torch.float32, device)

@@ -167,6 +167,8 @@ def ipa(
         raise ValueError(
             f"IPA expects two (N, L, C) token tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+    if a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(f"IPA inputs differ: {a.dtype} on {a.device} and {b.dtype} on {b.device}")
     channels = a.shape[-1]
     if relation_fc1_weight.shape != (channels, 2 * channels):
         raise ValueError(f"IPA parameters are for dim {relation_fc1_weight.shape[0]}, inputs have {channels} channels")
