@@ -22,7 +22,7 @@ except ImportError:
 
 
 def extension():
-    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/*/*_cpu.cpp"))]
+    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/*/*_cpu.cpp")), *sorted(glob.glob("csrc/*/*_emulation.cpp"))]
     # at::parallel_for is inlined OpenMP: without -fopenmp the CPU kernels would run on one thread.
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     cxx = ["-O3", *openmp]

@@ -12,6 +12,12 @@ TORCH_LIBRARY(tita_fast, m) {
   m.def("ipa_forward(Tensor a, Tensor b, " TITA_IPA_PARAMS ") -> (Tensor, Tensor)");
   // Gradients of a, b and the 14 parameters (in argument order) from the gradients of a', b'.
   m.def("ipa_backward(Tensor grad_a, Tensor grad_b, Tensor a, Tensor b, " TITA_IPA_PARAMS ") -> Tensor[]");
+  // The CUDA kernels' block code on CPU threads (`threads` per block, launches of at most `chunk_rows` pixels),
+  // for tests without a GPU.
+  m.def("ipa_forward_cuda_emulated(Tensor a, Tensor b, " TITA_IPA_PARAMS
+        ", int threads, int chunk_rows) -> (Tensor, Tensor)");
+  m.def("ipa_backward_cuda_emulated(Tensor grad_a, Tensor grad_b, Tensor a, Tensor b, " TITA_IPA_PARAMS
+        ", int threads, int chunk_rows) -> Tensor[]");
 }
 
 // `import tita_fast._C` registers the operators above; the module itself has no attributes.

@@ -26,6 +26,8 @@ struct Params {
 inline void check_inputs(const at::Tensor& a, const at::Tensor& b, const Params& p, int64_t heads) {
   TORCH_CHECK(a.dim() == 2 && a.sizes() == b.sizes(), "ipa: expected a and b of one shape (M, C), got ",
               a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() && a.device() == b.device(), "ipa: a is ", a.scalar_type(), " on ",
+              a.device(), ", b is ", b.scalar_type(), " on ", b.device());
   const int64_t C = a.size(1);
   TORCH_CHECK(heads > 0 && C % heads == 0, "ipa: C = ", C, " is not divisible by num_heads = ", heads);
   const std::vector<std::vector<int64_t>> shapes = {
