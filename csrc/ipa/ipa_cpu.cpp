@@ -2,9 +2,12 @@
 // ipa_tile.h on its own cache-resident buffers with BLAS for the tile's matrix products. The backward
 // accumulates parameter gradients per thread chunk, summed at the end (deterministic for a thread count).
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <unordered_map>
 
 #include "ipa_common.h"
 
@@ -12,17 +15,32 @@ namespace tita_fast {
 namespace ipa {
 namespace {
 
-// Pixels per tile. BLAS runs these small products (K = C) faster the more rows they have (single-thread MKL
-// here: 53 GFLOP/s at 64 rows, 72 at 512), and each product call costs a few microseconds, so tiles are large:
-// 512 rows for C = 60, fewer for wide C to bound the tile's arrays (~25 C values per pixel forward, ~50
-// backward: a few MB, in L2/L3). At 256x256, C = 60, tiles of 128 (forward) and 64 rows (backward) measured
-// ~1.1x slower forward and ~1.2x slower forward+backward.
-int64_t tile_rows(int64_t C) { return std::max<int64_t>(16, std::min<int64_t>(512, 32768 / C)); }
+// Pixels per tile: enough to amortise the per-product call overhead, few enough for the tile's arrays (~25 C
+// values per pixel forward, ~50 backward) to stay near the core (1 MB of L2 here): 256 rows for C = 60, fewer for
+// wide C. Measured at 256x256, C = 60 (forward / forward+backward): 128 rows 57 / 261 ms, 256 rows 54 / 226 ms,
+// 512 rows 64 / 248 ms.
+int64_t tile_rows(int64_t C) { return std::max<int64_t>(16, std::min<int64_t>(256, 32768 / C)); }
+
+// float32 products of the pipeline (K = C) go through torch's batch-reduce GEMM (oneDNN's JIT micro-kernels where
+// the CPU has them, BLAS otherwise): at 512 x 180 x 60 it ran 1.3x faster than at::mm here, at 64 x 60 x 60 1.4x.
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+constexpr bool kHaveBrgemm = true;
+#else
+constexpr bool kHaveBrgemm = false;
+#endif
 
 template <typename acc_t>
 struct CpuPolicy {
   static constexpr int64_t tid = 0, nthreads = 1;
+  static constexpr bool use_brgemm = kHaveBrgemm && std::is_same<acc_t, float>::value;
   at::TensorOptions opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  std::unordered_map<const acc_t*, at::Tensor> transposed_;  // W^T of the weights `linear` has seen
+
+  ~CpuPolicy() {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+    if (use_brgemm) at::native::cpublas::brgemm_release(false);
+#endif
+  }
 
   void sync() {}
   at::Tensor mat(const acc_t* p, int64_t rows, int64_t cols, int64_t ld) const {
@@ -32,11 +50,23 @@ struct CpuPolicy {
   // Y (rows, n_out) (+)= X (rows, n_in) W^T, W (n_out, n_in)
   void linear(acc_t* Y, int64_t ldy, const acc_t* X, int64_t ldx, const acc_t* W, int64_t ldw, int64_t rows,
               int64_t n_out, int64_t n_in, bool accumulate) {
-    product(mat(Y, rows, n_out, ldy), mat(X, rows, n_in, ldx), mat(W, n_out, n_in, ldw).t(), accumulate);
+    if (use_brgemm) {
+      auto it = transposed_.find(W);
+      if (it == transposed_.end()) it = transposed_.emplace(W, mat(W, n_out, n_in, ldw).t().contiguous()).first;
+      linear_t(Y, ldy, X, ldx, it->second.template data_ptr<acc_t>(), n_out, rows, n_out, n_in, accumulate);
+    } else {
+      product(mat(Y, rows, n_out, ldy), mat(X, rows, n_in, ldx), mat(W, n_out, n_in, ldw).t(), accumulate);
+    }
   }
   // Y (rows, n_out) (+)= X (rows, n_in) W, W (n_in, n_out)
   void linear_t(acc_t* Y, int64_t ldy, const acc_t* X, int64_t ldx, const acc_t* W, int64_t ldw, int64_t rows,
                 int64_t n_out, int64_t n_in, bool accumulate) {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+    if constexpr (use_brgemm) {
+      at::native::cpublas::brgemm(rows, n_out, n_in, ldx, ldw, ldy, accumulate, X, W, Y);
+      return;
+    }
+#endif
     product(mat(Y, rows, n_out, ldy), mat(X, rows, n_in, ldx), mat(W, n_in, n_out, ldw), accumulate);
   }
   // dW (n_out, n_in) += G^T X over the rows
