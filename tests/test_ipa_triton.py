@@ -1,7 +1,7 @@
 """Parity of the IPA Triton kernels (tita_fast.kernels.ipa) with the PyTorch reference.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set below before triton
-is imported unless already set); run with TRITON_INTERPRET=0 on a CUDA machine to test the compiled kernels.
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, which conftest.py sets
+before triton is imported); on a CUDA machine they are compiled and run on the GPU.
 
 Truth is the reference in float64 on the very inputs the kernels get (half inputs rounded first), forward and
 torch.autograd gradients. Errors are max |kernel - truth| relative to the largest magnitude of the truth, per tensor:
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -30,7 +28,7 @@ from tests.conftest import load_golden, rel_err  # noqa: E402
 from tita_fast.kernels import ipa as ipa_kernels  # noqa: E402
 from tita_fast.reference.ipa import ipa_reference  # noqa: E402
 
-INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip("TRITON_INTERPRET is off and there is no CUDA device", allow_module_level=True)
