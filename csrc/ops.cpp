@@ -7,6 +7,10 @@
   "Tensor out_b_ab, Tensor in_w_ba, Tensor in_b_ba, Tensor out_w_ba, Tensor out_b_ba, Tensor k_noise, "       \
   "Tensor v_noise, int num_heads"
 
+#define TITA_OAF_INPUTS                                                                                    \
+  "Tensor x, Tensor y, Tensor logits_x, Tensor logits_y, Tensor residual_x, Tensor residual_y, "              \
+  "Tensor multiplier_x, Tensor multiplier_y, Tensor hamming_x, Tensor hamming_y, Tensor mix_weights"
+
 TORCH_LIBRARY(tita_fast, m) {
   // IPA of flattened tokens a, b (M, C) for both directions: returns (a', b').
   m.def("ipa_forward(Tensor a, Tensor b, " TITA_IPA_PARAMS ") -> (Tensor, Tensor)");
@@ -18,6 +22,10 @@ TORCH_LIBRARY(tita_fast, m) {
         ", int threads, int chunk_rows) -> (Tensor, Tensor)");
   m.def("ipa_backward_cuda_emulated(Tensor grad_a, Tensor grad_b, Tensor a, Tensor b, " TITA_IPA_PARAMS
         ", int threads, int chunk_rows) -> Tensor[]");
+  // OAF mixing of x, y (N, C, H, W) after the generators (csrc/oaf/oaf_common.h has the math): returns the fusion.
+  m.def("oaf_mix_forward(" TITA_OAF_INPUTS ") -> Tensor");
+  // Gradients of x, y, logits_x, logits_y, residual_x, residual_y, multiplier_x, multiplier_y, mix_weights.
+  m.def("oaf_mix_backward(Tensor grad, " TITA_OAF_INPUTS ") -> Tensor[]");
 }
 
 // `import tita_fast._C` registers the operators above; the module itself has no attributes.
