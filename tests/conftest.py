@@ -35,7 +35,7 @@ def published_key_file() -> list[tuple[str, str, str]]:
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| relative to the largest magnitude of ``expected``."""
-    expected = expected.double()
+    expected = expected.double().to(actual.device)
     return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
 
 

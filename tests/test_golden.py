@@ -35,9 +35,9 @@ def run_ipa(dtype, device="cpu"):
     return g, actual, dict(module.named_parameters())
 
 
-def run_oaf(dtype):
-    g = load_golden("oaf_case.pt")
-    module = tita_fast.OAF(g["dim"]).to(dtype)
+def run_oaf(dtype, device="cpu"):
+    g = {k: v.to(device) if torch.is_tensor(v) else v for k, v in load_golden("oaf_case.pt").items()}
+    module = tita_fast.OAF(g["dim"]).to(device, dtype)
     module.load_state_dict(g["state_dict"])
     x, y = g["x"].to(dtype).requires_grad_(), g["y"].to(dtype).requires_grad_()
     out = module(x, y)

@@ -97,7 +97,7 @@ def test_golden_ipa_case(backend):
 
 @pytest.mark.skipif("cpu" not in FUSED, reason="the C++ extension is not built")
 def test_whole_network_with_fused_ipa_matches_golden(monkeypatch):
-    # "auto" runs IPA on the compiled CPU kernels (and OAF on the reference until it has kernels of its own)
+    # "auto" runs IPA (and OAF) on the compiled CPU kernels
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     calls = []
     cpu = backends._registry["ipa"]["cpu"]

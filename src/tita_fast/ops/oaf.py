@@ -54,7 +54,8 @@ def _register_autograd_and_fake(forward: str, backward, compiled: bool) -> None:
 
 def _backward_fake(compiled: bool):
     def fake(grad, *inputs):
-        return [torch.empty_like(inputs[i], memory_format=_layout(grad, compiled)) for i in _DIFFERENTIABLE]
+        maps = [torch.empty_like(inputs[i], memory_format=_layout(grad, compiled)) for i in _DIFFERENTIABLE[:-1]]
+        return [*maps, torch.empty_like(inputs[-1])]
 
     return fake
 
