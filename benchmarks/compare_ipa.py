@@ -9,8 +9,6 @@ table reports the best round. Ratios are published / implementation and referenc
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -18,18 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ipa_cases import best_time, implementations, make_case, peak_memory_bytes, step  # noqa: E402
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        model = names[0] if names else model
-    return f"{model} CPU, {torch.get_num_threads()} threads"
+from benchmarks.ipa_cases import implementations, make_case, step  # noqa: E402
+from benchmarks.measure import device_name, interleaved_best, peak_memory_bytes, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -46,12 +34,7 @@ def main() -> None:
         for backward in (False, True):
             module, a, b = make_case(size, device)
             runs = {name: step(module, a, b, name, backward) for name in names}
-            best = dict.fromkeys(names, float("inf"))
-            for name in names:
-                runs[name]()  # warm-up (and compilation)
-            for _ in range(args.repeats):
-                for name in names:
-                    best[name] = min(best[name], best_time(runs[name], 1))
+            best = interleaved_best(runs, args.repeats)
             for name in names:
                 rows.append({
                     "size": size, "pass": "forward+backward" if backward else "forward", "implementation": name,
@@ -69,9 +52,7 @@ def main() -> None:
         print(f"{r['size']:>6} {r['pass']:<17} {r['implementation']:<19} {r['best_ms']:>9.2f} {ratios} "
               f"{r['peak_memory_mb']:>9.1f}")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({
-            "device": device_name(device), "torch": torch.__version__, "command": " ".join(sys.argv), "rows": rows,
-        }, indent=1))  # fmt: skip
+        write_json(args.json, device, rows)
 
 
 if __name__ == "__main__":

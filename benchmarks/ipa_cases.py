@@ -12,7 +12,6 @@ Implementations compared, all through the ``tita_fast.IPA`` module (N = 1, C = 6
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 
 import torch
@@ -90,30 +89,3 @@ def step(module, a, b, implementation: str, backward: bool) -> Callable[[], None
             torch.cuda.synchronize()
 
     return run
-
-
-def peak_memory_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak of the memory allocated by torch during one call of ``fn`` (beyond what was allocated before)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        return torch.cuda.max_memory_allocated() - before
-    # CPU: replay the profiler's allocation and free events in time order
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    running = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        running += event.self_cpu_memory_usage
-        peak = max(peak, running)
-    return peak
-
-
-def best_time(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)

@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from benchmarks.ipa_cases import implementations, make_case, peak_memory_bytes, step
+from benchmarks.ipa_cases import implementations, make_case, step
+from benchmarks.measure import peak_memory_bytes
 
 SIZES = [int(s) for s in os.environ.get("TITA_BENCH_SIZES", "128,256,512").split(",")]
 DEVICE = torch.device(os.environ.get("TITA_BENCH_DEVICE", "cpu"))

@@ -74,6 +74,18 @@ def oaf_mix_published(
     return out
 
 
+def oaf_published(module, x, y):
+    """The published OAF forward of a :class:`tita_fast.OAF` ``module``: its generators on ``x, y`` in their own
+    layout, then :func:`oaf_mix_published` (the module itself runs channels-last and the selected backend)."""
+    logits_x, residual_x, multiplier_x = module.fafb_A(x)
+    logits_y, residual_y, multiplier_y = module.fafb_B(y)
+    mix_weights = module.weight_gen(torch.cat([x, y], dim=1))
+    return oaf_mix_published(
+        x, y, logits_x, logits_y, residual_x, residual_y, multiplier_x, multiplier_y,
+        module.fafb_A.hamming_highpass, module.fafb_B.hamming_highpass, mix_weights,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def published_ops() -> Iterator[None]:
     """Within the block, the modules run the published algorithms in place of the ops (whatever the backend):
