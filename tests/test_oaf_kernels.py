@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import tita_fast
-from tests.conftest import load_golden, rel_err
+from tests.conftest import rel_err
 from tests.test_golden import assert_param_grads, run_oaf, run_tita
 from tita_fast import backends, ops
 from tita_fast.nn.oaf import hamming_3x3

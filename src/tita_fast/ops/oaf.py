@@ -47,9 +47,7 @@ def _register_autograd_and_fake(forward: str, backward, compiled: bool) -> None:
         return tuple(next(grads) if i in _DIFFERENTIABLE else None for i in range(11))
 
     torch.library.register_autograd(forward, backward_fn, setup_context=setup_context)
-    torch.library.register_fake(forward)(
-        lambda x, *rest: torch.empty_like(x, memory_format=_layout(x, compiled))
-    )
+    torch.library.register_fake(forward)(lambda x, *rest: torch.empty_like(x, memory_format=_layout(x, compiled)))
 
 
 def _backward_fake(compiled: bool):
