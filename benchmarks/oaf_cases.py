@@ -82,10 +82,11 @@ def step(case: Case, scope: str, implementation: str, backward: bool) -> Callabl
     def run():
         with tita_fast.use_backend("reference" if implementation == "published" else implementation):
             if backward:
-                for t in (*leaves, *case.module.parameters()):
-                    t.grad = None
                 out = compute()
                 out.backward(torch.ones_like(out))
+                # dropped here, not before the next call: peak memory then counts the gradients it allocates
+                for t in (*leaves, *case.module.parameters()):
+                    t.grad = None
             else:
                 with torch.no_grad():
                     compute()

@@ -133,10 +133,15 @@ def _triton_supports(t: Tensor) -> bool:
     return t.is_cuda
 
 
+def _triton_is_automatic(t: Tensor) -> bool:
+    # The CUDA C++ kernels measured 1.5x faster (H100, benchmarks/results/oaf_op_h100.json): "auto" prefers them.
+    return t.is_cuda and not _extension.has_kernel("oaf_mix_forward", "CUDA")
+
+
 if importlib.util.find_spec("triton") is not None:
     backends.register(
         "oaf_mix", "triton", _fused(_oaf_mix_forward_triton, compiled=False),
-        supports=_triton_supports, automatic=lambda t: t.is_cuda,
+        supports=_triton_supports, automatic=_triton_is_automatic,
     )  # fmt: skip
 
 
