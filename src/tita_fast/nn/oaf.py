@@ -59,7 +59,10 @@ class OAF(nn.Module):
             x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
         logits_x, residual_x, multiplier_x = self.fafb_A(x)
         logits_y, residual_y, multiplier_y = self.fafb_B(y)
-        mix_weights = self.weight_gen(torch.cat([x, y], dim=1))
+        # Pooling each source before concatenating gives the published weight_gen(cat([x, y])) without copying
+        # both maps into a 2C-channel tensor.
+        pool = self.weight_gen[0]
+        mix_weights = self.weight_gen[1:](torch.cat([pool(x), pool(y)], dim=1))
         return ops.oaf_mix(
             x, y, logits_x, logits_y, residual_x, residual_y, multiplier_x, multiplier_y,
             self.fafb_A.hamming_highpass, self.fafb_B.hamming_highpass, mix_weights,
