@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 
@@ -233,15 +234,20 @@ class TITA(nn.Module):
 
         The file is a state-dict, or a dict holding one under ``params``; it is read with ``weights_only=True``.
         The architecture (channels, depths, heads, window, MLP ratio, qkv bias) is read from the tensors' names
-        and shapes; keyword ``overrides`` take precedence. The model takes the checkpoint's floating dtype. A file
-        of another model raises an error naming the missing and unexpected keys.
+        and shapes; keyword ``overrides`` take precedence. A ``.safetensors`` file written by ``tita-fast train``
+        carries the model's configuration, which is used whole. The model takes the checkpoint's floating dtype. A
+        file of another model raises an error naming the missing and unexpected keys.
         """
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        saved_config: dict = {}
+        if os.fspath(path).endswith(".safetensors"):
+            state, saved_config = _read_safetensors(path, map_location)
+        else:
+            state = torch.load(path, map_location=map_location, weights_only=True)
         if isinstance(state, Mapping) and isinstance(state.get("params"), Mapping):
             state = state["params"]
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{os.fspath(path)} does not hold a state-dict (nor a dict with one under 'params')")
-        config = {**infer_config(state), **overrides}
+        config = {**infer_config(state), **saved_config, **overrides}
         model = cls(**config)
         float_dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
         if len(float_dtypes) == 1:  # keep the checkpoint's precision (published ones are float32)
@@ -263,6 +269,19 @@ class TITA(nn.Module):
                 f"  unexpected keys ({len(result.unexpected_keys)}): {_fmt_keys(result.unexpected_keys)}{hint}"
             )
         return model.eval()
+
+
+def _read_safetensors(path: str | os.PathLike, device) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and, when present, the model configuration (metadata ``tita_config``) of a safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device=str(torch.device(device))) as f:
+            state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{os.fspath(path)} is not a readable safetensors file: {err}") from None
+    return state, json.loads(metadata["tita_config"]) if "tita_config" in metadata else {}
 
 
 def _init_weights(m: nn.Module) -> None:
