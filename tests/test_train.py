@@ -238,14 +238,31 @@ def test_train_on_shared_data(tmp_path):
                                            for s in ("u2f", "gifnet")]},
     }  # fmt: skip
     config = {**tiny_config(DATA, tmp_path / "run", iterations=2), "tasks": tasks, "crop_size": 32}
-    losses = Trainer(TrainConfig.from_dict(config)).fit()
-    assert set(losses) == {"ivif", "mef", "mff"} and all(np.isfinite(v) and v > 0 for v in losses.values())
+    assert main(["train", "--config", os.fspath(write_config(tmp_path / "config.json", config))]) == 0
+    last = read_log(tmp_path / "run")[-1]
+    assert all(np.isfinite(float(last[f"loss_{t}"])) and float(last[f"loss_{t}"]) > 0 for t in ("ivif", "mef", "mff"))
 
 
-def test_bf16_autocast_trains(pairs, tmp_path):
-    trainer = Trainer(TrainConfig.from_dict(tiny_config(pairs, tmp_path / "run", iterations=2, precision="bf16")))
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_trains(pairs, tmp_path, precision):
+    config = tiny_config(pairs, tmp_path / "run", iterations=2, precision=precision)
+    trainer = Trainer(TrainConfig.from_dict(config))
     losses = trainer.fit()
     assert all(np.isfinite(v) for v in losses.values())
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_cli_synth_makes_trainable_pairs(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(photos / f"p{i}.jpg")
+    assert main(["synth", "mef", os.fspath(photos), os.fspath(tmp_path / "mef")]) == 0
+    assert "wrote 2 mef pairs" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "mef/a").iterdir()) == ["p0.png", "p1.png"]
+    assert main(["synth", "mef", os.fspath(photos), os.fspath(tmp_path / "mef")]) == 2
+    assert "not empty" in capsys.readouterr().err
 
 
 DDP_SCRIPT = """
