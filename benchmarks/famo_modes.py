@@ -3,13 +3,14 @@
 Trains the same configuration twice from the same seed, once per mode, and reports the time per step and the
 task losses of each final model (and its EMA) on the same held-out crops (another seed's batches, eval mode)::
 
-    python benchmarks/famo_modes.py --config examples/train_shared_data.yaml --iterations 300 \\
-        --json benchmarks/results/famo_modes_cpu.json
+    python benchmarks/famo_modes.py --config examples/train_shared_data.yaml --iterations 500 \\
+        --json benchmarks/results/famo_modes_cpu.json --keep runs/famo_modes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import tempfile
@@ -40,8 +41,8 @@ def evaluate(trainer: Trainer, module: torch.nn.Module, batches: int) -> dict[st
     return totals
 
 
-def run(config_path: str, mode: str, overrides: list[str], eval_batches: int) -> dict:
-    with tempfile.TemporaryDirectory() as out:
+def run(config_path: str, mode: str, overrides: list[str], eval_batches: int, keep: str | None) -> dict:
+    with contextlib.nullcontext(f"{keep}/{mode}") if keep else tempfile.TemporaryDirectory() as out:
         settings = [f"famo_update={mode}", f"out_dir={out}", "progress=false", "log_every=1"]
         config = load_config(config_path, [*overrides, *settings])
         config.checkpoint_every = config.iterations  # one checkpoint, at the end
@@ -73,9 +74,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--keep", metavar="DIR", help="keep each run (log.csv, curves.png, checkpoint) in DIR/<mode>")
     args = parser.parse_args()
     overrides = [*args.set, f"iterations={args.iterations}"]
-    rows = [run(args.config, mode, overrides, args.eval_batches) for mode in ("faithful", "fast")]
+    rows = [run(args.config, mode, overrides, args.eval_batches, args.keep) for mode in ("faithful", "fast")]
     faithful, fast = rows
     print(f"device: {faithful['device']}, {args.iterations} steps of {args.config}")
     for row in rows:
