@@ -92,6 +92,12 @@ def test_cli_train_end_to_end_on_synthetic_pairs(pairs, tmp_path, capsys):
     assert sorted(p.name for p in (checkpoints / "step_00000004").iterdir()) == [
         "ema.safetensors", "model.safetensors", "state.pt"]  # fmt: skip
     assert json.loads((run / "config.json").read_text())["model"] == TINY_MODEL
+    # written through private temporary files, but left with ordinary permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (run / "log.csv", run / "curves.png", checkpoints / "latest", checkpoints / "step_00000004"):
+        mode = 0o777 if path.is_dir() else 0o666
+        assert path.stat().st_mode & 0o777 == mode & ~umask, path
 
 
 def test_checkpoint_rebuilds_model_without_arguments(pairs, tmp_path):
@@ -318,3 +324,10 @@ def test_torchrun_cli(pairs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("trained to step 2") == 1, result.stdout  # rank 0 reports
     assert (run / "checkpoints/step_00000002/ema.safetensors").exists()
+
+
+def test_from_checkpoint_refuses_a_corrupt_safetensors_file(tmp_path):
+    path = tmp_path / "ema.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        TITA.from_checkpoint(path)

@@ -190,6 +190,7 @@ class Trainer:
         root.mkdir(parents=True, exist_ok=True)
         name = f"step_{self.step:08d}"
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        _usual_mode(staging, 0o777)
         metadata = {"tita_config": json.dumps(self.model.config), "step": str(self.step), "format": "tita_fast"}
         save_file(_state_tensors(self.model), staging / "model.safetensors", metadata=metadata)
         save_file(_state_tensors(self.ema), staging / "ema.safetensors", metadata=metadata)
@@ -258,8 +259,16 @@ def _postfix(losses: dict[str, float], weights: list[float]) -> str:
     return f"{shown} | w=" + "/".join(f"{w:.3f}" for w in weights)
 
 
+def _usual_mode(path: Path, mode: int) -> None:
+    """Give a temporary file or folder (created private by tempfile) the permissions of an ordinary one."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(mode & ~umask)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    _usual_mode(Path(tmp), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -318,6 +327,7 @@ class CsvLog:
             axis.legend()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
         os.close(fd)
+        _usual_mode(Path(tmp), 0o666)
         fig.savefig(tmp, dpi=100)
         plt.close(fig)
         os.replace(tmp, path)
