@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from tita_fast.nn import TITA
 from tita_fast.train.data import PairSource
 from tita_fast.train.losses import LOSSES
 
@@ -190,8 +191,6 @@ _PUBLISHED_DATA = {
 
 def from_published(options: dict[str, Any]) -> dict[str, Any]:
     """Our configuration from the published training options (``config.json`` of the TITA code)."""
-    from tita_fast.nn import TITA
-
     train, data = options["train"], options["datasets"].get("train", {})
     if "trainsets" not in data:
         raise ValueError("published config: datasets.train.trainsets (the tasks' datasets) is missing")

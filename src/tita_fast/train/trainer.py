@@ -54,7 +54,7 @@ class Trainer:
         state = None
         if checkpoint is not None:
             state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
-            config = TrainConfig.from_dict({**checkpoint_config(checkpoint, overrides), "out_dir": config.out_dir})
+            config = TrainConfig.from_dict({**_resumed(state["config"], overrides), "out_dir": config.out_dir})
         elif (self.out_dir / CHECKPOINTS).exists() and any((self.out_dir / CHECKPOINTS).iterdir()):
             raise FileExistsError(
                 f"{self.out_dir} already holds checkpoints: pass --resume to continue that run, or another out_dir"
@@ -119,23 +119,25 @@ class Trainer:
                    desc="train", unit="step", dynamic_ncols=True)  # fmt: skip
         last: dict[str, float] = {}
         start = time.perf_counter()
-        with tita_fast.use_backend(config.backend):
-            while self.step < config.iterations:
-                losses, objective = self.train_step()
-                self.step += 1
-                last = dict(zip(self.task_names, losses.tolist(), strict=True))
-                weights = self.famo.weights.tolist()
-                bar.update(1)
-                bar.set_postfix_str(_postfix(last, weights))
-                if log is not None and (self.step % config.log_every == 0 or self.step == config.iterations):
-                    log.write(self.step, time.perf_counter() - start, objective, last, weights)
-                if self.step % config.checkpoint_every == 0 or self.step == config.iterations:
-                    self.save_checkpoint()
-                    if log is not None:
-                        log.plot(self.out_dir / "curves.png")
-        bar.close()
-        for batches in self.batches:
-            batches.close()
+        try:
+            with tita_fast.use_backend(config.backend):
+                while self.step < config.iterations:
+                    losses, objective = self.train_step()
+                    self.step += 1
+                    last = dict(zip(self.task_names, losses.tolist(), strict=True))
+                    weights = self.famo.weights.tolist()
+                    bar.update(1)
+                    bar.set_postfix_str(_postfix(last, weights))
+                    if log is not None and (self.step % config.log_every == 0 or self.step == config.iterations):
+                        log.write(self.step, time.perf_counter() - start, objective, last, weights)
+                    if self.step % config.checkpoint_every == 0 or self.step == config.iterations:
+                        self.save_checkpoint()
+                        if log is not None:
+                            log.plot(self.out_dir / "curves.png")
+        finally:
+            bar.close()
+            for batches in self.batches:
+                batches.close()
         return last
 
     def train_step(self) -> tuple[torch.Tensor, float]:
@@ -234,6 +236,11 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 def checkpoint_config(checkpoint: str | os.PathLike, overrides=()) -> dict:
     """The training configuration saved in a checkpoint, with ``overrides`` (``key=value``) applied: only the
     :data:`RESUMABLE_OVERRIDES` may change, as the others would make the resumed run another run."""
+    state = torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
+    return _resumed(state["config"], overrides)
+
+
+def _resumed(saved: dict, overrides) -> dict:
     keys = {item.partition("=")[0].split(".")[0] for item in overrides}
     refused = sorted(keys - set(RESUMABLE_OVERRIDES))
     if refused:
@@ -241,8 +248,7 @@ def checkpoint_config(checkpoint: str | os.PathLike, overrides=()) -> dict:
             f"on resume the checkpoint's configuration is used; {refused} cannot change "
             f"(only {list(RESUMABLE_OVERRIDES)} can)"
         )
-    state = torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=True)
-    return apply_overrides(state["config"], overrides)
+    return apply_overrides(saved, overrides)
 
 
 def _state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
