@@ -402,3 +402,23 @@ def evaluate(A, B, F, metrics: Iterable[str] | str = METRICS) -> dict[str, float
         if m in wanted:
             out[m] = _SINGLE[m](f) if m in _SINGLE else _PAIR[m](a, b, f)
     return out
+
+
+def evaluate_files(A, B, F, metrics: Iterable[str] | str = METRICS) -> list[dict]:
+    """Metrics of fused image files ``F`` against their sources ``A``, ``B`` (three files, or three folders matched
+    by file stem) on BT.601 luminance (16-bit images scaled onto 0–255): ``[{"name": stem, metric: value}, ...]``."""
+    from tita_fast.color import luminance_and_chroma
+    from tita_fast.imageio import match_images, read_image
+
+    rows = []
+    for stem, paths in match_images(A, B, F):
+        images = [luminance_and_chroma(read_image(path)[0])[0] for path in paths]
+        shapes = {tuple(image.shape) for image in images}
+        if len(shapes) > 1:
+            sizes = ", ".join(f"{p} {i.shape[-1]}x{i.shape[-2]}" for p, i in zip(paths, images, strict=True))
+            raise ValueError(f"{stem}: the three images differ in size ({sizes})")
+        try:
+            rows.append({"name": stem, **evaluate(*images, metrics=metrics)})
+        except ValueError as err:
+            raise ValueError(f"{stem}: {err}") from None
+    return rows
