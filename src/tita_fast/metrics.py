@@ -49,25 +49,7 @@ Conventions (fixed; ``M`` rows, ``N`` columns):
 
 All two-source metrics are symmetric in A and B (exactly, in floating point).
 
-How our numbers relate to the common toolboxes (we have not run those toolboxes; treat as guidance, not as checked
-values):
-
-| Metric | Ours vs. common toolboxes |
-|---|---|
-| EN, MI | As in most toolboxes (bits, 256 levels); conventions differ where others use other bins or normalised MI. |
-| SD, CC | As in most toolboxes; conventions differ where SD uses ddof=1 (tiny difference on real images). |
-| SF | Conventions differ: some divide both RF and CF sums by MN instead of M(N-1), (M-1)N. |
-| AG | As in most; conventions differ where central differences (np.gradient) are used. |
-| SCD | Aslantas & Bendes definition; zero-variance handling (0 here) may differ. |
-| VIF | Pixel-domain vifp summed over sources; wavelet-domain VIF or VIFF (Han et al.) are different numbers. |
-| Qabf | Conventions differ: many filter with zero padding (border edges); ours: valid interior, unnormalised. |
-| SSIM | Conventions differ: see the note below; not verified against the CDDFuse evaluator. |
-| PSNR | Conventions differ: some average two PSNRs instead of the two MSEs. |
-| Nabf | Conventions differ in L and gradient padding; not compared against a reference value. |
-
-SSIM note: the CDDFuse Python evaluator calls skimage ``structural_similarity`` with a different ``data_range``
-setting (and skimage's own window defaults); we could not verify its exact values, so do not compare its numbers
-with ours directly. Ours uses a Gaussian 11x11 window (sigma 1.5), data range 255 and the valid region.
+How our numbers relate to the CDDFuse Python evaluator and the MATLAB toolboxes: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
