@@ -40,12 +40,12 @@ def export(run: Path) -> None:
     print(f"copied {checkpoint / 'ema.safetensors'} -> {fuse.DEFAULT_WEIGHTS}")
 
 
-def table(checkpoint: str | None, json_path: str | None) -> None:
+def table(checkpoint: str | None, json_path: str | None, tasks: list[str] | None = None) -> None:
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: the comparison runs on the pairs of ../shared/data")
     model = fuse.load_model(checkpoint, "cpu")
     rows = []
-    for set_dir in sorted(p for p in DATA.glob("*/*") if p.is_dir()):
+    for set_dir in sorted(p for p in DATA.glob("*/*") if p.is_dir() and (not tasks or p.parent.name in tasks)):
         scores = {name: {m: 0.0 for m in METRICS} for name in ("model", "average", "max-abs")}
         pairs = match_images(set_dir / "a", set_dir / "b")
         started = time.perf_counter()
@@ -91,11 +91,12 @@ def main() -> None:
     scorer = commands.add_parser("table")
     scorer.add_argument("--checkpoint", help="model file (default: the shipped default model)")
     scorer.add_argument("--json", help="write the rows and the command here")
+    scorer.add_argument("--tasks", help="comma-separated subset of the task folders (default: all)")
     args = parser.parse_args()
     if args.command == "export":
         export(args.run)
     else:
-        table(args.checkpoint, args.json)
+        table(args.checkpoint, args.json, args.tasks.split(",") if args.tasks else None)
 
 
 if __name__ == "__main__":

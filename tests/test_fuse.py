@@ -273,3 +273,14 @@ def test_bad_devices_and_backends(model):
         fuse.fuse(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), model, backend="fastest")
     with pytest.raises(ValueError, match="precision"):
         fuse.fuse(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), model, precision="fp8")
+
+
+def test_a_model_in_training_mode_fuses_in_eval_mode_and_stays_as_it_was():
+    torch.manual_seed(0)
+    model = TITA(**{**SMALL, "drop_path_rate": 0.5}).train()
+    a, b = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    first, second = fuse.fuse(a, b, model), fuse.fuse(a, b, model)
+    assert torch.equal(first, second)  # no stochastic depth
+    assert model.training
+    with pytest.raises(ValueError, match="move it, or omit device"):
+        fuse.fuse(a, b, TITA(**SMALL).to("meta"), device="cpu")

@@ -208,3 +208,18 @@ def test_demo_writes_pictures_and_metrics(tmp_path, capsys):
     assert "multi-focus" in out
     code, _, err = run_cli(capsys, "demo", "-o", tmp_path / "demo")
     assert code == 2 and "--overwrite" in err
+
+
+def test_fuse_refuses_outputs_it_cannot_write(tmp_path, capsys):
+    deep = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200
+    Image.fromarray(deep).save(tmp_path / "band.tif")
+    code, _, err = run_cli(capsys, "fuse", tmp_path / "band.tif", tmp_path / "band.tif", "-o", tmp_path / "o",
+                           "--format", "jpg")  # fmt: skip
+    assert code == 2 and "16-bit gray" in err and not (tmp_path / "o").exists()
+    code, _, err = run_cli(capsys, "fuse", tmp_path / "band.tif", tmp_path / "band.tif", "-o", tmp_path / "band.tif",
+                           "--overwrite")  # fmt: skip
+    assert code == 2 and "is one of the sources" in err
+    (tmp_path / "out" / "band.png").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "fuse", tmp_path / "band.tif", tmp_path / "band.tif", "-o", tmp_path / "out",
+                           "--overwrite")  # fmt: skip
+    assert code == 2 and "is a folder" in err

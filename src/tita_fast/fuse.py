@@ -87,7 +87,7 @@ def fuse_luminance(
     A, B = (t.to(weight.device, weight.dtype) for t in (A, B))
     if tile is None:
         tile = auto_tile_size(model, A.shape[-2:], A.shape[0])
-    with torch.inference_mode(), _autocast(weight.device, precision):
+    with torch.inference_mode(), _autocast(weight.device, precision), _evaluating(model):
         if tile is None:
             try:
                 return model(A, B).float().clamp(0, 1)
@@ -96,6 +96,17 @@ def fuse_luminance(
                 tile = auto_tile_size(model, A.shape[-2:], A.shape[0], fraction=0.25)
                 tile = tile or max(256, _round_down(max(A.shape[-2:]) // 2, model.window_size))
         return _fuse_tiled(model, A, B, tile, overlap)
+
+
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout, no stochastic depth) for the block, then the model's own mode back."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
 
 
 @contextmanager
@@ -130,12 +141,13 @@ def available_memory(device: torch.device) -> int:
 
 
 def auto_tile_size(model: TITA, size, batch: int = 1, fraction: float = 0.5) -> int | None:
-    """``None`` when a whole-image pass fits in ``fraction`` of the free memory, else the tile side that does."""
+    """``None`` when a whole-image pass over the batch fits in ``fraction`` of the free memory, else the side of
+    the tiles (each run over the whole batch) that do."""
     weight = model.conv_first1_A.weight
-    budget = available_memory(weight.device) * fraction
+    budget = available_memory(weight.device) * fraction / batch
     per_pixel = bytes_per_pixel(model, weight.dtype)
     height, width = (_round_up(s, model.window_size) for s in size)
-    if batch * height * width * per_pixel <= budget:
+    if height * width * per_pixel <= budget:
         return None
     return _round_down(int(math.sqrt(budget / per_pixel)), model.window_size)
 
@@ -245,8 +257,8 @@ def fuse(
         raise ValueError(f"a and b must be of the same kind, got {type(a).__name__} and {type(b).__name__}")
     if not isinstance(model, TITA):
         model = load_model(model, device)
-    elif device is not None:
-        model = model.to(resolve_device(device))
+    elif device is not None and resolve_device(device) != model.conv_first1_A.weight.device:
+        raise ValueError(f"the model is on {model.conv_first1_A.weight.device}, not {device}: move it, or omit device")
     (A, bits_a), (B, bits_b) = _read(a, kind, "a"), _read(b, kind, "b")
     with use_backend(backend):
         fused = fuse_images(model, A, B, tile, overlap, precision)
@@ -362,19 +374,34 @@ class FuseJob:
             if output.exists() and not output.is_dir():
                 raise ValueError(f"{output} exists and is not a folder")
             outputs = [output / f"{stem}.{fmt}" for stem, _ in matched]
-        problems = [f"{path} exists (pass --overwrite to replace it)" for path in outputs if path.exists()]
+        existing = [path for path in outputs if path.exists()]
         if overwrite:
-            problems = [p for p, path in zip(problems, outputs, strict=False) if path.is_dir()]
-        for stem, (path_a, path_b) in matched:
-            sizes = []
+            problems = [f"{path} is a folder, not a file" for path in existing if path.is_dir()]
+        else:
+            problems = [f"{path} exists (pass --overwrite to replace it)" for path in existing]
+        sources = {path.resolve() for _, pair in matched for path in pair}
+        problems += [f"{path} is one of the sources" for path in outputs if path.resolve() in sources]
+        for (stem, (path_a, path_b)), target in zip(matched, outputs, strict=True):
+            headers = []
             for path in (path_a, path_b):
                 try:
                     with Image.open(path) as image:
-                        sizes.append(image.size)
+                        headers.append((image.size, image.mode))
                 except (OSError, SyntaxError) as err:
                     problems.append(f"{path}: not a readable image ({type(err).__name__}: {err})")
-            if len(sizes) == 2 and sizes[0] != sizes[1]:
-                problems.append(f"{stem}: {path_a} is {_wxh(sizes[0])} but {path_b} is {_wxh(sizes[1])}")
+            if len(headers) < 2:
+                continue
+            (size_a, mode_a), (size_b, mode_b) = headers
+            if size_a != size_b:
+                problems.append(f"{stem}: {path_a} is {_wxh(size_a)} but {path_b} is {_wxh(size_b)}")
+            deep = {mode_a, mode_b} & imageio.SIXTEEN_BIT_MODES and {mode_a, mode_b} <= {
+                "L",
+                *imageio.SIXTEEN_BIT_MODES,
+            }
+            if deep and target.suffix.lower() not in (".png", ".tif", ".tiff"):
+                problems.append(
+                    f"{stem}: the result is 16-bit gray, which {target.suffix} cannot hold (use png or tif)"
+                )
         if problems:
             raise ValueError("\n  ".join(["nothing fused:", *problems]))
         return cls([(stem, pa, pb) for stem, (pa, pb) in matched], outputs)
