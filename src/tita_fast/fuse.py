@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from tita_fast import color, imageio
 from tita_fast.backends import use_backend
+from tita_fast.devices import resolve_device
 from tita_fast.nn import TITA
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
@@ -32,24 +33,6 @@ _default_models: dict[torch.device, TITA] = {}
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> the first GPU if there is one, else the CPU; a device that is not there raises."""
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r} ({err})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(name)!r} asked for, but this torch has no CUDA device")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(name)!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    elif device.type != "cpu":
-        raise ValueError(f"device {str(name)!r} is not supported; use cpu, cuda or cuda:K")
-    return device
-
-
 def load_model(checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None) -> TITA:
     """The model of ``checkpoint`` (a ``.safetensors`` written by ``tita-fast train`` or a published ``.pth``),
     or the default model shipped in the package when ``None``; in eval mode on ``device``."""

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import tita_fast
+from tita_fast.devices import resolve_device
 from tita_fast.nn import TITA
 from tita_fast.train.config import RESUMABLE_OVERRIDES, TrainConfig, apply_overrides
 from tita_fast.train.data import TaskBatches, TaskPairs
@@ -93,12 +94,8 @@ class Trainer:
     # -- setup -------------------------------------------------------------------------------------------------
 
     def _device(self, name: str) -> torch.device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(name)
+        device = resolve_device(name)
         if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device {name!r} asked for, but this torch has no CUDA device")
             if self.world_size > 1:
                 device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             elif device.index is None:
