@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -220,7 +221,8 @@ def main() -> None:
         print(f"{name:<36}" + "".join(f"{c:>22}" for c in cells))
     print(f"{'total':<36}" + "".join(f"{r['total_s'] * 1000:12.1f} ms       " for r in results.values()))
     if args.json:
-        meta = {"device": device_name(torch.device(args.device)), "torch": torch.__version__, "args": vars(args)}
+        meta = {"command": " ".join(["python", *sys.argv]), "device": device_name(torch.device(args.device)),
+                "torch": torch.__version__, "args": vars(args)}  # fmt: skip
         Path(args.json).write_text(json.dumps({"meta": meta, **results}, indent=1) + "\n")
 
 
