@@ -190,16 +190,28 @@ def tiling_model_and_pair():
 
 
 def test_tiled_matches_whole_image_everywhere():
-    # Tolerance: 1 gray level of 255 at every pixel, tile borders included. Tiles differ from the whole image
-    # by (1) context missing near inner tile edges (removed by the zero-weight margin and the blend) and (2) OAF's
-    # global average pool, which a tile takes over itself, not over the image: a small, global change of the
-    # mixing weights (measured 0.2-0.3 levels max on 400x400 crops with 128-256 px tiles).
+    # Tiles run twice: first up to OAF, to get the whole image's average of OAF's inputs (a tile's own average
+    # differs, and with it the OAF mix: without this pass tiles were off by up to 7 gray levels); then whole, with
+    # that average. What remains is context missing near inner tile edges, removed by the zero-weight margin
+    # (overlap/4) and the blend: measured 0.09 levels max, 0.002 mean at tile 96 / overlap 32 (0.0005 max at
+    # overlap 64, the default). Tolerance: 0.25 levels (of 255) at every pixel, tile borders included.
     model, a, b = tiling_model_and_pair()
     whole = fuse.fuse_luminance(model, a, b)
     tiled = fuse.fuse_luminance(model, a, b, tile=96, overlap=32)
     difference = (tiled - whole).abs() * 255
-    assert difference.max() <= 1.0, difference.max()
-    assert difference.mean() <= 0.25
+    assert difference.max() <= 0.25, difference.max()
+    assert difference.mean() <= 0.01
+
+
+def test_oaf_pooled_override_is_the_images_own_average():
+    torch.manual_seed(0)
+    model = TITA(**SMALL).eval()
+    a, b = torch.rand(2, 1, 20, 28), torch.rand(2, 1, 20, 28)
+    with torch.no_grad():
+        pooled = torch.cat(model.oaf_inputs(a, b), dim=1).mean(dim=(2, 3))
+        torch.testing.assert_close(model(a, b, oaf_pooled=pooled), model(a, b), rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match=r"pooled must be \(N, 2C\)"):
+            model(a, b, oaf_pooled=pooled[:, :5])
 
 
 def test_auto_tiling_when_memory_is_short(monkeypatch):

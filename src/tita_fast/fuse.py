@@ -174,22 +174,39 @@ def _fuse_tiled(model: TITA, A: torch.Tensor, B: torch.Tensor, tile: int, overla
             f"got tile {tile}, overlap {overlap}"
         )
     height, width = A.shape[-2:]
-    total = torch.zeros(A.shape, device=A.device, dtype=torch.float32)
-    weights = torch.zeros((1, 1, height, width), device=A.device, dtype=torch.float32)
     rows, cols = tile_origins(height, tile, overlap, window), tile_origins(width, tile, overlap, window)
+    tiles = []  # (region, blending weight)
     for top in rows:
         bottom = height if top == rows[-1] else top + tile
         for left in cols:
             right = width if left == cols[-1] else left + tile
-            part = (slice(None), slice(None), slice(top, bottom), slice(left, right))
-            fused = model(A[part], B[part]).float().clamp(0, 1)
             weight = torch.outer(
                 _ramp(bottom - top, top > 0, bottom < height, overlap, A.device),
                 _ramp(right - left, left > 0, right < width, overlap, A.device),
             )
-            total[part] += fused * weight
-            weights[part] += weight
+            tiles.append(((slice(None), slice(None), slice(top, bottom), slice(left, right)), weight))
+    weights = torch.zeros((1, 1, height, width), device=A.device, dtype=torch.float32)
+    for part, weight in tiles:
+        weights[part] += weight
+    pooled = _image_pooled(model, A, B, tiles, weights) if isinstance(model, TITA) else None
+    total = torch.zeros(A.shape, device=A.device, dtype=torch.float32)
+    for part, weight in tiles:
+        fused = model(A[part], B[part]) if pooled is None else model(A[part], B[part], oaf_pooled=pooled)
+        total[part] += fused.float().clamp(0, 1) * weight
     return total / weights
+
+
+def _image_pooled(model: TITA, A: torch.Tensor, B: torch.Tensor, tiles: list, weights: torch.Tensor) -> torch.Tensor:
+    """OAF's global average pool over the whole image, from the tiles (a first pass up to OAF): each tile's maps
+    weighted by its share of the blend, so that every pixel counts once. Passed to every tile's OAF, it makes the
+    tiles mix their features as the whole image does (a tile's own average would differ)."""
+    sums = 0
+    for part, weight in tiles:
+        height, width = weight.shape
+        share = weight / weights[part]  # (1, 1, h, w)
+        maps = torch.cat(model.oaf_inputs(A[part], B[part]), dim=1)[..., :height, :width]
+        sums = sums + (maps.float() * share).sum(dim=(2, 3))
+    return sums / (A.shape[-2] * A.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------------ images

@@ -51,7 +51,8 @@ class OAF(nn.Module):
         self.fafb_A = OAFBlock(dim)
         self.fafb_B = OAFBlock(dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled`` (N, 2C), when given, stands for the global average pool of ``cat([x, y])`` (tiled inference)."""
         if x.device.type == "cpu" and not self._records_graph(x, y):
             # Inference on CPU runs channels-last: oneDNN's generator convolutions are ~1.8x faster in it (but ~3x
             # slower in backward, hence not when training), and it is the fused CPU kernel's layout. A no-op in
@@ -61,8 +62,12 @@ class OAF(nn.Module):
         logits_y, residual_y, multiplier_y = self.fafb_B(y)
         # Pooling each source before concatenating gives the published weight_gen(cat([x, y])) without copying
         # both maps into a 2C-channel tensor.
-        pool = self.weight_gen[0]
-        mix_weights = self.weight_gen[1:](torch.cat([pool(x), pool(y)], dim=1))
+        if pooled is None:
+            pool = self.weight_gen[0]
+            pooled = torch.cat([pool(x), pool(y)], dim=1)
+        elif pooled.shape != (x.shape[0], 2 * self.dim):
+            raise ValueError(f"pooled must be (N, 2C) = {(x.shape[0], 2 * self.dim)}, got {tuple(pooled.shape)}")
+        mix_weights = self.weight_gen[1:](pooled.to(x.dtype))
         return ops.oaf_mix(
             x, y, logits_x, logits_y, residual_x, residual_y, multiplier_x, multiplier_y,
             self.fafb_A.hamming_highpass, self.fafb_B.hamming_highpass, mix_weights,

@@ -167,16 +167,22 @@ class TITA(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------------------
 
-    def forward(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        self._check_inputs(A, B)
+    def forward(self, A: torch.Tensor, B: torch.Tensor, oaf_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused image (N, in_chans, H, W). ``oaf_pooled`` (N, 2C) replaces the global average pool of OAF's
+        inputs: tiled inference passes the whole image's (see :meth:`oaf_inputs`), so every tile mixes alike."""
         height, width = A.shape[-2:]
+        out = self._reconstruct(self.oaf(*self.oaf_inputs(A, B), pooled=oaf_pooled))
+        return (out / self.img_range + self.mean.to(A.dtype))[:, :, :height, :width]
+
+    def oaf_inputs(self, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two feature maps (N, C, H', W') the final OAF fuses, on the image padded to the window grid."""
+        self._check_inputs(A, B)
         mean = self.mean.to(A.dtype)
         x = (reflect_pad_to_multiple(A, self.window_size) - mean) * self.img_range
         y = (reflect_pad_to_multiple(B, self.window_size) - mean) * self.img_range
         x = self._extract(x, self.layers_Ex_A, self.norm_Ex_A)
         y = self._extract(y, self.layers_Ex_B, self.norm_Ex_B)
-        out = self._reconstruct(self._fuse(x, y))
-        return (out / self.img_range + mean)[:, :, :height, :width]
+        return self._fuse(x, y)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(self.patch_embed(x))
@@ -191,12 +197,12 @@ class TITA(nn.Module):
             t = layer(t, size)
         return _tokens_to_map(norm(t), size)
 
-    def _fuse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _fuse(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
         tx, ty = self._embed(x), self._embed(y)
         for layer in self.layers_Fusion:
             tx, ty = layer(tx, ty, size)
-        return self.oaf(_tokens_to_map(self.norm_Fusion_A(tx), size), _tokens_to_map(self.norm_Fusion_B(ty), size))
+        return _tokens_to_map(self.norm_Fusion_A(tx), size), _tokens_to_map(self.norm_Fusion_B(ty), size)
 
     def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
