@@ -188,7 +188,7 @@ def _fuse_tiled(model: TITA, A: torch.Tensor, B: torch.Tensor, tile: int, overla
     weights = torch.zeros((1, 1, height, width), device=A.device, dtype=torch.float32)
     for part, weight in tiles:
         weights[part] += weight
-    pooled = _image_pooled(model, A, B, tiles, weights) if isinstance(model, TITA) else None
+    pooled = _image_pooled(model, A, B, tiles, weights) if isinstance(model, TITA) and len(tiles) > 1 else None
     total = torch.zeros(A.shape, device=A.device, dtype=torch.float32)
     for part, weight in tiles:
         fused = model(A[part], B[part]) if pooled is None else model(A[part], B[part], oaf_pooled=pooled)
