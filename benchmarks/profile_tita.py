@@ -10,8 +10,9 @@ construction, rolls with window partition/merge, and the image padding, timed by
 "other" is the rest (residual adds, token reshapes, the loss in a step). Backward ops are attributed by their
 autograd node to the same components where the node says which (convolution, LayerNorm, the fused ops, softmax
 and batched matmuls = attention); the rest of backward, including the linears shared by attention and MLP,
-is reported as "backward: linear/other". "published" swaps in the published IPA and OAF algorithms
-(reference/published.py) and rebuilds the shift masks at every call, as the published code does.
+is reported as "backward: linear/other". "published" swaps in the published IPA, OAF and window-attention
+algorithms (reference/published.py), the last rebuilding the dense shift mask at every call as the published code
+does for any size but img_size.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tita_fast.nn import swin, tita
 from tita_fast.nn.ipa import IPA
 from tita_fast.nn.layers import Mlp
 from tita_fast.nn.oaf import OAF
+from tita_fast.ops.window_attention import ShiftMask
 from tita_fast.reference.published import published_ops
 
 try:
@@ -50,7 +52,7 @@ COMPONENTS: list[tuple[type[nn.Module], str]] = [
     (nn.Conv2d, "convolutions"),
 ]
 FUNCTIONS = {
-    "mask construction": (swin._ShiftedWindows, "_mask"),
+    "mask construction": [(swin._ShiftedWindows, "_mask"), (ShiftMask, "dense")],
     "rolls + window partition/merge": [(swin._ShiftedWindows, "_to_windows"), (swin._ShiftedWindows, "_from_windows")],
     "padding": (tita, "reflect_pad_to_multiple"),
 }
@@ -59,8 +61,9 @@ BACKWARD = [
     ("LayerNorm", "LayerNorms"),
     ("ipa", "IPA"),
     ("oaf", "OAF"),
-    ("Softmax", "attention (softmax, bmm)"),
-    ("Bmm", "attention (softmax, bmm)"),
+    ("window_attention", "attention core"),
+    ("Softmax", "attention core"),
+    ("Bmm", "attention core"),
     ("Roll", "rolls + window partition/merge"),
 ]
 
@@ -130,24 +133,6 @@ def instrumented(model: nn.Module, timer: Timer) -> Iterator[None]:
             setattr(owner, attr, original)
 
 
-@contextlib.contextmanager
-def published_masks() -> Iterator[None]:
-    """The published blocks build the shift mask at every call for sizes other than img_size, and keep a buffer
-    for img_size; ours too. To reproduce the per-call cost for every size, bypass the stored buffer."""
-    original = swin._ShiftedWindows._mask
-
-    def per_call(self, height, width, like):
-        if not self.shift:
-            return None
-        return swin.shift_window_mask(height, width, self.window, self.shift, like.device, like.dtype)
-
-    swin._ShiftedWindows._mask = per_call
-    try:
-        yield
-    finally:
-        swin._ShiftedWindows._mask = original
-
-
 def backward_table(prof) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
@@ -162,7 +147,7 @@ def profile(args, implementation: str) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = tita_fast.TITA().to(device)
-    context = (lambda: contextlib.ExitStack()) if implementation == "ours" else published_context
+    context = contextlib.ExitStack if implementation == "ours" else published_ops
     if args.train:
         model.train()
         n = 3 * args.batch
@@ -194,12 +179,6 @@ def profile(args, implementation: str) -> dict:
     forward_total = sum(v for k, v in timer.seconds.items())
     rows["other"] = total - forward_total - sum(v for k, v in rows.items() if k.startswith("backward"))
     return {"total_s": total, "components_s": dict(sorted(rows.items(), key=lambda kv: -kv[1]))}
-
-
-@contextlib.contextmanager
-def published_context() -> Iterator[None]:
-    with published_ops(), published_masks():
-        yield
 
 
 def main() -> None:

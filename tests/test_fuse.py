@@ -145,6 +145,21 @@ def test_bf16_precision_is_close(model):
     assert (full - half).abs().max() < 0.05  # bf16 keeps 8 bits of mantissa through ~20 layers of a random model
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_costs_less_than_45_db_psnr_on_a_real_pair(precision):
+    # The quality target for half-precision inference (benchmarks/precision_quality.py measures every pair of
+    # ../shared/data): PSNR of the default model's fusion against its fp32 result, on [0, 1] luminance.
+    pair = SHARED / "data" / "mef" / "u2f_set1"
+    if not pair.is_dir():
+        pytest.skip(f"{pair} is missing (../shared/data holds the real pairs)")
+    a, b = (luminance_and_chroma(read_image(pair / s / "1.jpg")[0][None])[0][..., :96, :128] / 255 for s in "ab")
+    model = fuse.load_model()
+    full = fuse.fuse_luminance(model, a, b)
+    half = fuse.fuse_luminance(model, a, b, precision=precision)
+    mse = (full.double() - half.double()).pow(2).mean().item()
+    assert 10 * np.log10(1 / mse) >= 45
+
+
 # ------------------------------------------------------------------------------------------------ tiling
 class PixelMax(torch.nn.Module):
     """A per-pixel 'network': tiling must reproduce it exactly, whatever the blending."""

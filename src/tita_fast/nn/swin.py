@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
-import torch.nn.functional as nnf
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tita_fast import ops
 from tita_fast.nn.ipa import IPA
 from tita_fast.nn.layers import DropPath, Mlp, attach_flat
+from tita_fast.ops.window_attention import ShiftMask
+from tita_fast.reference.published import window_attention_published
 
 IPA_HEADS = 6  # the published cross block builds its IPA with 6 heads whatever the block's own head count
 
@@ -36,20 +40,40 @@ def window_merge(windows: torch.Tensor, window: int, height: int, width: int) ->
     return x.reshape(-1, height, width, c)
 
 
-def shift_window_mask(height: int, width: int, window: int, shift: int, device=None, dtype=None) -> torch.Tensor:
-    """(nW, w², w²) additive mask of shifted windows: -100 between tokens from different regions, else 0.
-
-    Regions: rows [0, H-w), [H-w, H-s), [H-s, H) crossed with the same three column ranges.
-    """
+def _region_labels(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor:
+    """(nW, w²) region of each token of the shifted grid: rows [0, H-w), [H-w, H-s), [H-s, H) crossed with the
+    same three column ranges."""
     rows = (0, height - window, height - shift, height)
     cols = (0, width - window, width - shift, width)
     labels = torch.zeros(1, height, width, 1, device=device)
     for i in range(3):
         for j in range(3):
             labels[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]] = 3 * i + j
-    labels = window_partition(labels, window).squeeze(-1)  # (nW, w²)
+    return window_partition(labels, window).squeeze(-1)
+
+
+def _mask_values(labels: torch.Tensor, dtype=None) -> torch.Tensor:
     different = labels[:, None, :] != labels[:, :, None]
-    return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, -100.0)
+    return torch.zeros(different.shape, device=labels.device, dtype=dtype).masked_fill_(different, -100.0)
+
+
+def shift_window_mask(height: int, width: int, window: int, shift: int, device=None, dtype=None) -> torch.Tensor:
+    """(nW, w², w²) additive mask of shifted windows (the published ``attn_mask``): -100 between tokens from
+    different regions, else 0."""
+    return _mask_values(_region_labels(height, width, window, shift, device), dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> ShiftMask:
+    """:func:`shift_window_mask` for the windows it touches only (float32), built once per size and device.
+
+    Those are the last row and the last column of windows: every other window lies in region 0.
+    """
+    rows, cols = height // window, width // window
+    touched = [r * cols + cols - 1 for r in range(rows - 1)] + [(rows - 1) * cols + c for c in range(cols)]
+    touched = torch.tensor(touched, device=device)
+    labels = _region_labels(height, width, window, shift, device)
+    return ShiftMask(rows * cols, touched, _mask_values(labels[touched], torch.float32))
 
 
 class _WindowAttentionBase(nn.Module):
@@ -71,51 +95,21 @@ class _WindowAttentionBase(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """q, k, v: (B_, heads, T, d) with B_ = N * nW; mask: (nW, T, T) or None. Returns (B_, T, C)."""
-        b_, _, tokens, _ = q.shape
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: ShiftMask | None) -> torch.Tensor:
+        """q, k, v: (B_, T, heads, d) with B_ = N * nW. Returns the projected result (B_, T, C)."""
+        b_, tokens, _, _ = q.shape
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(tokens, tokens, -1).permute(2, 0, 1)  # (heads, T, T)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias)):
-            out = self._attend_unfused(q, k, v, bias, mask)
+        if self.training and self.attn_drop.p > 0:  # dropout on the probabilities: only the published algorithm has it
+            out = window_attention_published(q, k, v, bias, mask, self.scale, dropout_p=self.attn_drop.p, training=True)
         else:
-            out = self._attend_fused(q, k, v, bias, mask)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b_, tokens, self.dim)))
+            out = ops.window_attention(q, k, v, bias, mask, self.scale)
+        return self.proj_drop(self.proj(out.reshape(b_, tokens, self.dim)))
 
-    def _attend_unfused(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The published algorithm: scores, + bias, + shift mask, softmax, @ v. Returns (B_, heads, T, d)."""
-        b_, heads, tokens, _ = q.shape
-        attn = (q * self.scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
-        if mask is not None:
-            n_windows = mask.shape[0]
-            attn = attn.view(b_ // n_windows, n_windows, heads, tokens, tokens) + mask[None, :, None]
-            attn = attn.view(-1, heads, tokens, tokens)
-        return self.attn_drop(attn.softmax(dim=-1)) @ v
-
-    def _attend_fused(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Without autograd: one scaled_dot_product_attention call with bias (+ shift mask) as additive mask, so the
-        (B_, heads, T, T) scores are never written out (CPU flash kernel: ~4x faster than matmul/add/softmax/matmul;
-        its backward is slower than ours when the bias needs a gradient, hence inference only)."""
-        b_, heads, tokens, d = q.shape
-        dropout = self.attn_drop.p if self.training else 0.0
-        if mask is None:
-            return nnf.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=self.scale
-            )
-        # Windows and heads share one axis so that the (nW, heads, T, T) mask broadcasts over the images.
-        n_windows = mask.shape[0]
-        shape = (b_ // n_windows, n_windows * heads, tokens)
-        attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype).reshape(1, *shape[1:], tokens)
-        out = nnf.scaled_dot_product_attention(
-            q.reshape(*shape, d), k.reshape(*shape, d), v.reshape(*shape, d),
-            attn_mask=attn_mask, dropout_p=dropout, scale=self.scale,
-        )  # fmt: skip
-        return out.reshape(b_, heads, tokens, d)
-
-    def _heads(self, t: torch.Tensor, parts: int) -> torch.Tensor:
-        """(B_, T, parts*C) -> (parts, B_, heads, T, d)."""
+    def _heads(self, t: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(B_, T, parts*C) -> ``parts`` views (B_, T, heads, d)."""
         b_, tokens, _ = t.shape
-        return t.reshape(b_, tokens, parts, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        return t.view(b_, tokens, parts, self.num_heads, self.dim // self.num_heads).unbind(2)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window={self.window}, num_heads={self.num_heads}"
@@ -174,12 +168,12 @@ class _ShiftedWindows(nn.Module):
             state_dict[key] = self.attn_mask  # recomputed data: accept any stored size, keep ours
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _mask(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
+    def _mask(self, height: int, width: int, like: torch.Tensor) -> ShiftMask | None:
         if not self.shift:
             return None
-        if (height, width) == self.input_resolution:
-            return self.attn_mask.to(like.dtype)
-        return shift_window_mask(height, width, self.window, self.shift, like.device, like.dtype)
+        # torch.compile traces the construction into its graph (where it is folded) instead of reading the cache
+        build = shift_mask.__wrapped__ if torch.compiler.is_compiling() else shift_mask
+        return build(height, width, self.window, self.shift, like.device)
 
     def _to_windows(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(N, L, C) -> (N * nW, w², C), shifted by (-s, -s) first."""

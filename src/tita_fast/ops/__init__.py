@@ -2,5 +2,6 @@
 
 from tita_fast.ops.ipa import ipa
 from tita_fast.ops.oaf import oaf_mix
+from tita_fast.ops.window_attention import window_attention
 
-__all__ = ["ipa", "oaf_mix"]
+__all__ = ["ipa", "oaf_mix", "window_attention"]

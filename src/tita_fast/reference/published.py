@@ -1,8 +1,11 @@
-"""The published implementation's algorithms for IPA and OAF mixing, rebuilt as parity oracles and as the
-speed/memory baselines of the benchmarks. Same signatures as the ops; never used by the modules.
+"""The published implementation's algorithms for IPA, OAF mixing and window attention, rebuilt as parity oracles
+and as the speed/memory baselines of the benchmarks. Same signatures as the ops; the modules use only the window
+attention, for attention dropout in training (which the fused paths do not have).
 
 * IPA: a Python loop over the batch, each item running ``nn.MultiheadAttention`` (here its functional form)
   with the pixels as the attention batch, one query and two keys per pixel.
+* Window attention: scores, + relative-position bias, + shift mask (rebuilt densely at every call), softmax,
+  dropout, @ v, each step writing the whole (windows, heads, T, T) tensor.
 * OAF: the per-pixel filter normalised through reshapes, then applied with ``F.unfold`` of the reflect-padded
   input (a 9·C·H·W tensor), then six full-size feature maps mixed with the per-image weights.
 """
@@ -50,6 +53,20 @@ def ipa_published(
     return torch.stack(new_a), torch.stack(new_b)
 
 
+def window_attention_published(q, k, v, bias, mask, scale, dropout_p=0.0, training=False):
+    """q, k, v (B_, T, heads, d), bias (heads, T, T), mask a :class:`tita_fast.ops.window_attention.ShiftMask` or
+    None; returns (B_, T, heads, d)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B_, heads, T, d), as the published qkv permute makes them
+    b_, heads, tokens, _ = q.shape
+    attn = (q * scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+    if mask is not None:
+        dense = mask.dense().to(attn.dtype)
+        attn = attn.view(b_ // mask.n_windows, mask.n_windows, heads, tokens, tokens) + dense[None, :, None]
+        attn = attn.view(-1, heads, tokens, tokens)
+    attn = F.dropout(attn.softmax(dim=-1), dropout_p, training)
+    return (attn @ v).transpose(1, 2)
+
+
 def _highpass_unfold(x, filter_logits, hamming):
     n, c, h, w = x.shape
     mask = F.softmax(filter_logits.view(n, 1, 9, h, w), dim=2)
@@ -88,16 +105,13 @@ def oaf_published(module, x, y):
 
 @contextlib.contextmanager
 def published_ops() -> Iterator[None]:
-    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend) and
-    of the fused inference attention: the baseline of parity tests and benchmarks. Not thread-safe; not for
-    production use."""
+    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend): the
+    baseline of parity tests and benchmarks. Not thread-safe; not for production use."""
     from tita_fast import ops
-    from tita_fast.nn.swin import _WindowAttentionBase as attention
 
-    saved = ops.ipa, ops.oaf_mix, attention._attend_fused
-    ops.ipa, ops.oaf_mix = ipa_published, oaf_mix_published
-    attention._attend_fused = attention._attend_unfused
+    saved = ops.ipa, ops.oaf_mix, ops.window_attention
+    ops.ipa, ops.oaf_mix, ops.window_attention = ipa_published, oaf_mix_published, window_attention_published
     try:
         yield
     finally:
-        ops.ipa, ops.oaf_mix, attention._attend_fused = saved
+        ops.ipa, ops.oaf_mix, ops.window_attention = saved
