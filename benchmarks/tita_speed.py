@@ -8,7 +8,8 @@ Rows:
   mode, in each precision (bf16/fp16 under autocast);
 * train step: ``Trainer.train_step`` itself in the published setting (3 tasks x batch 8 x 64x64 crops of the real
   pairs in ../shared/data, Adam, faithful FAMO with its extra forward after the step, EMA), two trainers from the
-  same seed.
+  same seed. ``--batch 4`` halves the batch: on a 24 GB machine the published algorithm's step at batch 8 is
+  killed for memory (ours peaks at 16 GB resident there).
 
 "published" runs the same code under :func:`tita_fast.reference.published.published_ops` (the published IPA, OAF
 and window attention with its per-call dense shift masks). Times are the best of ``--repeats`` interleaved rounds
@@ -67,7 +68,7 @@ def forward_runs(size: tuple[int, int], precision: str, device: torch.device):
     return {name: run(context) for name, context in IMPLEMENTATIONS.items()}
 
 
-def train_runs(precision: str, device: torch.device, out_dir: Path, names=tuple(IMPLEMENTATIONS)):
+def train_runs(precision: str, device: torch.device, out_dir: Path, names=tuple(IMPLEMENTATIONS), batch: int = 8):
     tasks = {
         name: {"loss": loss, "sources": [{"task_path": str(DATA / s), "subdir1": "a", "subdir2": "b"} for s in sets]}
         for name, (loss, sets) in TRAIN_TASKS.items()
@@ -76,7 +77,8 @@ def train_runs(precision: str, device: torch.device, out_dir: Path, names=tuple(
     for name in names:
         context = IMPLEMENTATIONS[name]
         config = TrainConfig.from_dict({"tasks": tasks, "out_dir": str(out_dir / name), "device": str(device),
-                                        "precision": precision, "cache_images": True, "progress": False})  # fmt: skip
+                                        "precision": precision, "batch_size": batch, "cache_images": True,
+                                        "progress": False})  # fmt: skip
         trainer = Trainer(config)
 
         def call(trainer=trainer, context=context):
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--forward", nargs="*", default=["256", "512"], help="sizes: 256 or WIDTHxHEIGHT")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
+    parser.add_argument("--batch", type=int, default=8, help="training batch per task (published: 8)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -127,8 +130,8 @@ def main() -> None:
             if not DATA.is_dir():
                 raise SystemExit(f"the training step reads the real pairs in {DATA}, which is missing")
             with tempfile.TemporaryDirectory() as out_dir:
-                runs = train_runs(precision, device, Path(out_dir))
-                rows.append(measure(f"train step 3x8x64^2 {precision}", runs, device, args.repeats))
+                runs = train_runs(precision, device, Path(out_dir), batch=args.batch)
+                rows.append(measure(f"train step 3x{args.batch}x64^2 {precision}", runs, device, args.repeats))
     if args.json:
         write_json(args.json, device, rows)
 

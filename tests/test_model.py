@@ -363,13 +363,16 @@ def test_from_checkpoint_explains_a_missing_shift_mask(tmp_path):
     assert model.layers_Re[0].residual_group.blocks[1].shift == 0
 
 
+@pytest.mark.parametrize("piece_tokens", [8192, 1])
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("shape", [(2, 1, 24, 40), (1, 1, 16, 16), (3, 1, 19, 27)])
-def test_inference_attention_equals_the_autograd_path(dtype, tolerance, shape):
-    # Without autograd the window attention runs as one scaled_dot_product_attention call (bias and shift mask as
-    # an additive mask); with autograd as matmul/add/softmax/matmul. Sizes: img_size itself (stored mask), others
-    # (mask built per call), N > 1 (mask broadcast over images), odd sizes (padding). Tolerance: float64 rounding
-    # of a ~20-layer network; float32: online vs two-pass softmax and summation order, relative to the output range.
+def test_inference_path_equals_the_autograd_path(monkeypatch, dtype, tolerance, shape, piece_tokens):
+    # In eval mode without autograd the blocks run a few window rows at a time in window order, and the window
+    # attention as scaled_dot_product_attention (then the masked border windows again); with autograd, whole
+    # blocks and the chunked custom op. Pieces: the whole map at once, or one window row each (piece_tokens=1).
+    # Sizes: img_size itself, others, N > 1, odd sizes (padding). Tolerance: float64 rounding of a ~20-layer
+    # network; float32: online vs two-pass softmax and summation order, relative to the output range.
+    monkeypatch.setattr(tita_fast.nn.swin, "INFERENCE_CHUNK_TOKENS", piece_tokens)
     torch.manual_seed(0)
     config = {"img_size": 16, "embed_dim": 12, "Ex_depths": [2], "Fusion_depths": [2], "Re_depths": [2],
               "Ex_num_heads": [2], "Fusion_num_heads": [3], "Re_num_heads": [2], "window_size": 8}  # fmt: skip

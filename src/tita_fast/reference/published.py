@@ -105,13 +105,16 @@ def oaf_published(module, x, y):
 
 @contextlib.contextmanager
 def published_ops() -> Iterator[None]:
-    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend): the
-    baseline of parity tests and benchmarks. Not thread-safe; not for production use."""
+    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend), and
+    the Swin blocks run whole feature maps as published (not window rows at a time in inference): the baseline of
+    parity tests and benchmarks. Not thread-safe; not for production use."""
     from tita_fast import ops
+    from tita_fast.nn.swin import _ShiftedWindows
 
-    saved = ops.ipa, ops.oaf_mix, ops.window_attention
+    saved = ops.ipa, ops.oaf_mix, ops.window_attention, _ShiftedWindows._infers
     ops.ipa, ops.oaf_mix, ops.window_attention = ipa_published, oaf_mix_published, window_attention_published
+    _ShiftedWindows._infers = lambda self, *inputs: False
     try:
         yield
     finally:
-        ops.ipa, ops.oaf_mix, ops.window_attention = saved
+        ops.ipa, ops.oaf_mix, ops.window_attention, _ShiftedWindows._infers = saved
