@@ -383,3 +383,22 @@ def test_inference_path_equals_the_autograd_path(monkeypatch, dtype, tolerance, 
     a.requires_grad_(True)
     graph_path = model(a, b)
     assert rel_err(fused_path, graph_path.detach()) <= tolerance
+
+
+def test_training_mode_forward_without_autograd_draws_stochastic_depth_as_the_whole_map_path(monkeypatch):
+    # FAMO's extra forward runs in training mode without autograd: the window-row pieces must draw each image's
+    # stochastic-depth factors once, in the whole-map order, so that both paths give the same result.
+    monkeypatch.setattr(tita_fast.nn.swin, "INFERENCE_CHUNK_TOKENS", 1)
+    model = small_model(drop_path_rate=0.5).train()
+    a, b = images(4, 1, 16, 24)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        pieces = model(a, b)
+    torch.manual_seed(3)
+    with torch.no_grad(), monkeypatch.context() as patch:
+        patch.setattr(tita_fast.nn.swin._ShiftedWindows, "_infers", lambda self, *inputs: False)
+        whole = model(a, b)
+    assert rel_err(pieces, whole) <= 1e-12
+    torch.manual_seed(4)
+    with torch.no_grad():
+        assert rel_err(model(a, b), whole) > 1e-3  # and the draws matter

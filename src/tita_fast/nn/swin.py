@@ -92,6 +92,10 @@ def window_order(height: int, width: int, window: int, shift: int, device: torch
 INFERENCE_CHUNK_TOKENS = 8192
 
 
+def _scaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return t if scale is None else t * scale
+
+
 class _WindowAttentionBase(nn.Module):
     """Relative-position-biased multi-head attention within windows; subclasses make q, k, v."""
 
@@ -199,10 +203,18 @@ class _ShiftedWindows(nn.Module):
             )
 
     def _infers(self, *inputs: torch.Tensor) -> bool:
-        """Eval mode without autograd recording: the block may run a few window rows at a time (in training mode
-        stochastic depth draws per image, which pieces would split)."""
+        """Without autograd recording, the block runs a few window rows at a time, unless element-wise dropout is
+        active (its draws would differ from the whole map's)."""
         records = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *self.parameters()))
-        return not (self.training or records)
+        dropping = self.training and any(m.p > 0 for m in self.modules() if isinstance(m, nn.Dropout))
+        return not (records or dropping)
+
+    @staticmethod
+    def _branch_scales(like: torch.Tensor, *drop_paths: DropPath) -> list[torch.Tensor | None]:
+        """Stochastic depth's per-image factors (N, 1, 1) drawn once per map, in the whole-map path's order (so
+        the same draws); None where it is the identity (eval mode, p = 0)."""
+        ones = like.new_ones(like.shape[0], 1, 1)
+        return [None if (scale := path(ones)) is ones else scale for path in drop_paths]
 
     def _window_rows(self, height: int, width: int, like: torch.Tensor):
         """Inference in pieces: yields (token slice, ShiftMask or None) for runs of whole window rows in window
@@ -264,14 +276,15 @@ class SwinBlock(_ShiftedWindows):
 
     def _infer(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """The same block a few window rows at a time, in window order: after the roll every step is per window
-        or per token (drop paths are identities in eval mode)."""
+        or per token, but stochastic depth, whose per-image factors are drawn first."""
         n, _, c = x.shape
         inverse, (xw,) = self._in_window_order(h, w, x)
+        scales = self._branch_scales(x, self.drop_path, self.drop_path)
         out = torch.empty_like(xw)
         for piece, mask in self._window_rows(h, w, x):
             t = xw[:, piece]
-            t = t + self.attn(self.norm1(t).reshape(-1, self.window**2, c), mask).view(n, -1, c)
-            out[:, piece] = t + self.mlp(self.norm2(t))
+            t = t + _scaled(self.attn(self.norm1(t).reshape(-1, self.window**2, c), mask).view(n, -1, c), scales[0])
+            out[:, piece] = t + _scaled(self.mlp(self.norm2(t)), scales[1])
         return out[:, inverse]
 
 
@@ -310,18 +323,19 @@ class CrossSwinBlock(_ShiftedWindows):
         return x, y
 
     def _infer(self, x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`SwinBlock._infer`; IPA is per token too."""
+        """As :meth:`SwinBlock._infer`; IPA is per token too. Stochastic depth is drawn in the whole-map order."""
         n, _, c = x.shape
         inverse, (xw, yw) = self._in_window_order(h, w, x, y)
+        scales = self._branch_scales(x, self.drop_path_A, self.drop_path_A, self.drop_path_B, self.drop_path_B)
         out_x, out_y = torch.empty_like(xw), torch.empty_like(yw)
         for piece, mask in self._window_rows(h, w, x):
             tx, ty = xw[:, piece], yw[:, piece]
             wx = self.norm1_A(tx).reshape(-1, self.window**2, c)
             wy = self.norm1_B(ty).reshape(-1, self.window**2, c)
             a, b = self.ipa(self.attn_A(wx, wy, mask).view(n, -1, c), self.attn_B(wy, wx, mask).view(n, -1, c))
-            tx, ty = tx + a, ty + b
-            out_x[:, piece] = tx + self.mlp_A(self.norm2_A(tx))
-            out_y[:, piece] = ty + self.mlp_B(self.norm2_B(ty))
+            tx, ty = tx + _scaled(a, scales[0]), ty + _scaled(b, scales[2])
+            out_x[:, piece] = tx + _scaled(self.mlp_A(self.norm2_A(tx)), scales[1])
+            out_y[:, piece] = ty + _scaled(self.mlp_B(self.norm2_B(ty)), scales[3])
         return out_x[:, inverse], out_y[:, inverse]
 
 
