@@ -122,8 +122,9 @@ def test_shift_mask_holds_every_masked_window(grid):
 def test_custom_op_registration_passes_opcheck():
     grid = (2, 3)
     q, k, v, bias = inputs(2, grid, heads=2, d=3)
+    q, k, v = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
     dense = mask_for(grid).blocking().dense()
-    op = torch.ops.tita_fast.window_attention.default
+    op = torch.ops.tita_fast.window_attention.default  # heads-major (B_, heads, T, d) inputs
     torch.library.opcheck(op, (q, k, v, bias, dense, 0.5))
     torch.library.opcheck(op, (q, k, v, bias, None, 0.5))
 

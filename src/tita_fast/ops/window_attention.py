@@ -116,76 +116,86 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
-class _Chunk:
-    """One chunk's windows [s0, s1) as (c * heads, T, d) matrices and its additive (c * heads, T, T) term."""
-
-    def __init__(self, q, k, v, bias, mask, s0, s1):
-        _, tokens, heads, d = q.shape
-        dtype = _compute_dtype(q)
-        self.c, self.heads = s1 - s0, heads
-        self.q, self.k, self.v = (t[s0:s1].transpose(1, 2).reshape(-1, tokens, d).to(dtype) for t in (q, k, v))
-        additive = bias.to(dtype).unsqueeze(0)
-        if mask is not None:
-            n_windows = mask.shape[0]
-            if self.c >= n_windows:  # whole images
-                rows = mask.repeat(self.c // n_windows, 1, 1)
-            else:
-                rows = mask[s0 % n_windows : s0 % n_windows + self.c]
-            additive = additive + rows.to(dtype).unsqueeze(1)
-        self.additive = additive.expand(self.c, heads, tokens, tokens).reshape(-1, tokens, tokens)
-
-    def probabilities(self, scale: float) -> Tensor:
-        return torch.baddbmm(self.additive, self.q, self.k.transpose(1, 2), alpha=scale).softmax(-1)
-
-    def tokens(self, t: Tensor) -> Tensor:
-        """(c * heads, T, d) -> (c, T, heads, d)."""
-        return t.view(self.c, self.heads, *t.shape[1:]).transpose(1, 2)
+def _per_chunk(q: Tensor) -> int:
+    """Windows per chunk for heads-major q (B_, heads, T, d)."""
+    _, heads, tokens, _ = q.shape
+    return max(1, CHUNK_BYTES // (heads * tokens * tokens * q.element_size()))
 
 
-def _per_chunk(q: Tensor, heads_tokens: int) -> int:
-    scores = heads_tokens * torch.finfo(_compute_dtype(q)).bits // 8
-    return max(1, CHUNK_BYTES // scores)
+def _additive_rows(bias: Tensor, mask: Tensor | None, per_chunk: int) -> tuple[Tensor, int]:
+    """(rows, period): the bias (+ mask) term of consecutive windows, (>= per_chunk or nW, heads, T, T), repeating
+    every ``period`` windows; a chunk starting at window s takes ``rows[s % period :][:c]`` (chunks never cross a
+    period's end unless they start at 0: see :func:`_chunks`)."""
+    pattern = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)
+    period = pattern.shape[0]
+    return pattern.repeat(max(1, -(-per_chunk // period)), 1, 1, 1), period
+
+
+def _heads_major(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B_, T, heads, d) -> contiguous (B_, heads, T, d) of ``dtype``, in one copy."""
+    return torch.empty(t.transpose(1, 2).shape, dtype=dtype, device=t.device).copy_(t.transpose(1, 2))
+
+
+def _window_attention_chunked(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float):
+    """The chunked op on token-layout tensors: one heads-major copy of each input (chunks are then contiguous
+    slices), the result back in token layout (a view)."""
+    dtype, result_dtype = _compute_dtype(q), q.dtype
+    q, k, v = (_heads_major(t, dtype) for t in (q, k, v))
+    out = _chunked_forward(q, k, v, bias.to(dtype), None if mask is None else mask.to(dtype), scale)
+    return out.transpose(1, 2).to(result_dtype)
 
 
 @torch.library.custom_op("tita_fast::window_attention", mutates_args=())
-def _window_attention_chunked(
-    q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float
-) -> Tensor:
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    n_windows = mask.shape[0] if mask is not None else 1
-    for s0, s1 in _chunks(q.shape[0], n_windows, _per_chunk(q, q.shape[2] * q.shape[1] ** 2)):
-        chunk = _Chunk(q, k, v, bias, mask, s0, s1)
-        out[s0:s1] = chunk.tokens(torch.bmm(chunk.probabilities(scale), chunk.v))
+def _chunked_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """q, k, v contiguous (B_, heads, T, d); returns (B_, heads, T, d)."""
+    out = torch.empty_like(q)
+    per_chunk = _per_chunk(q)
+    rows, period = _additive_rows(bias, mask, per_chunk)
+    for s0, s1 in _chunks(q.shape[0], period, per_chunk):
+        p = _probabilities(q, k, rows, period, s0, s1, scale)
+        torch.bmm(p, _matrices(v, s0, s1), out=_matrices(out, s0, s1))
     return out
 
 
+def _matrices(t: Tensor, s0: int, s1: int) -> Tensor:
+    """Windows [s0, s1) of a heads-major tensor as (c * heads, T, last) matrices (a view)."""
+    return t[s0:s1].flatten(0, 1)
+
+
+def _probabilities(q, k, rows, period, s0, s1, scale) -> Tensor:
+    offset = s0 % period
+    additive = rows[offset : offset + s1 - s0].flatten(0, 1)
+    return torch.baddbmm(additive, _matrices(q, s0, s1), _matrices(k, s0, s1).transpose(1, 2), alpha=scale).softmax(-1)
+
+
 @torch.library.custom_op("tita_fast::window_attention_backward", mutates_args=())
-def _window_attention_chunked_backward(
+def _chunked_backward(
     grad: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, out: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    grads = [torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3)]
-    grad_bias = torch.zeros(bias.shape, dtype=_compute_dtype(q), device=q.device)
-    n_windows = mask.shape[0] if mask is not None else 1
-    for s0, s1 in _chunks(q.shape[0], n_windows, _per_chunk(q, q.shape[2] * q.shape[1] ** 2)):
-        chunk = _Chunk(q, k, v, bias, mask, s0, s1)
-        p = chunk.probabilities(scale)
-        g, o = (t[s0:s1].transpose(1, 2).reshape(chunk.v.shape).to(p.dtype) for t in (grad, out))
-        dp = torch.bmm(g, chunk.v.transpose(1, 2))
+    grad = grad.contiguous()
+    dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+    grad_bias = torch.zeros_like(bias)
+    per_chunk = _per_chunk(q)
+    rows, period = _additive_rows(bias, mask, per_chunk)
+    for s0, s1 in _chunks(q.shape[0], period, per_chunk):
+        p = _probabilities(q, k, rows, period, s0, s1, scale)
+        g, o = _matrices(grad, s0, s1), _matrices(out, s0, s1)
+        dp = torch.bmm(g, _matrices(v, s0, s1).transpose(1, 2))
         # softmax backward: ds = p * (dp - sum_j p dp) and sum_j p_ij dp_ij = sum_c g_ic o_ic
         ds = dp.sub_((g * o).sum(-1, keepdim=True)).mul_(p)
-        grad_bias += ds.view(chunk.c, chunk.heads, *ds.shape[1:]).sum(0)
-        grads[0][s0:s1] = chunk.tokens(torch.bmm(ds, chunk.k).mul_(scale))
-        grads[1][s0:s1] = chunk.tokens(torch.bmm(ds.transpose(1, 2), chunk.q).mul_(scale))
-        grads[2][s0:s1] = chunk.tokens(torch.bmm(p.transpose(1, 2), g))
-    return (*grads, grad_bias.to(bias.dtype))
+        grad_bias += ds.view(s1 - s0, -1, *ds.shape[1:]).sum(0)
+        torch.bmm(ds, _matrices(k, s0, s1), out=_matrices(dq, s0, s1)).mul_(scale)
+        torch.bmm(ds.transpose(1, 2), _matrices(q, s0, s1), out=_matrices(dk, s0, s1)).mul_(scale)
+        torch.bmm(p.transpose(1, 2), g, out=_matrices(dv, s0, s1))
+    return dq, dk, dv, grad_bias
 
 
-@_window_attention_chunked.register_fake
+@_chunked_forward.register_fake
 def _(q, k, v, bias, mask, scale):
     return torch.empty_like(q)
 
 
-@_window_attention_chunked_backward.register_fake
+@_chunked_backward.register_fake
 def _(grad, q, k, v, bias, mask, out, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(bias)
 
@@ -199,7 +209,7 @@ def _backward(ctx, grad):
     if torch.is_grad_enabled():
         raise NotImplementedError("the chunked window attention has no double backward")
     q, k, v, bias, mask, out = ctx.saved_tensors
-    return (*_window_attention_chunked_backward(grad, q, k, v, bias, mask, out, ctx.scale), None, None)
+    return (*_chunked_backward(grad, q, k, v, bias, mask, out, ctx.scale), None, None)
 
 
-_window_attention_chunked.register_autograd(_backward, setup_context=_setup_context)
+_chunked_forward.register_autograd(_backward, setup_context=_setup_context)
