@@ -151,10 +151,15 @@ def _chunked_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor
     out = torch.empty_like(q)
     per_chunk = _per_chunk(q)
     rows, period = _additive_rows(bias, mask, per_chunk)
-    for s0, s1 in _chunks(q.shape[0], period, per_chunk):
-        p = _probabilities(q, k, rows, period, s0, s1, scale)
-        torch.bmm(p, _matrices(v, s0, s1), out=_matrices(out, s0, s1))
+    with _no_autocast(q):  # the wrapper chose the compute dtype
+        for s0, s1 in _chunks(q.shape[0], period, per_chunk):
+            p = _probabilities(q, k, rows, period, s0, s1, scale)
+            torch.bmm(p, _matrices(v, s0, s1), out=_matrices(out, s0, s1))
     return out
+
+
+def _no_autocast(t: Tensor):
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def _matrices(t: Tensor, s0: int, s1: int) -> Tensor:
@@ -177,16 +182,17 @@ def _chunked_backward(
     grad_bias = torch.zeros_like(bias)
     per_chunk = _per_chunk(q)
     rows, period = _additive_rows(bias, mask, per_chunk)
-    for s0, s1 in _chunks(q.shape[0], period, per_chunk):
-        p = _probabilities(q, k, rows, period, s0, s1, scale)
-        g, o = _matrices(grad, s0, s1), _matrices(out, s0, s1)
-        dp = torch.bmm(g, _matrices(v, s0, s1).transpose(1, 2))
-        # softmax backward: ds = p * (dp - sum_j p dp) and sum_j p_ij dp_ij = sum_c g_ic o_ic
-        ds = dp.sub_((g * o).sum(-1, keepdim=True)).mul_(p)
-        grad_bias += ds.view(s1 - s0, -1, *ds.shape[1:]).sum(0)
-        torch.bmm(ds, _matrices(k, s0, s1), out=_matrices(dq, s0, s1)).mul_(scale)
-        torch.bmm(ds.transpose(1, 2), _matrices(q, s0, s1), out=_matrices(dk, s0, s1)).mul_(scale)
-        torch.bmm(p.transpose(1, 2), g, out=_matrices(dv, s0, s1))
+    with _no_autocast(q):
+        for s0, s1 in _chunks(q.shape[0], period, per_chunk):
+            p = _probabilities(q, k, rows, period, s0, s1, scale)
+            g, o = _matrices(grad, s0, s1), _matrices(out, s0, s1)
+            dp = torch.bmm(g, _matrices(v, s0, s1).transpose(1, 2))
+            # softmax backward: ds = p * (dp - sum_j p dp) and sum_j p_ij dp_ij = sum_c g_ic o_ic
+            ds = dp.sub_((g * o).sum(-1, keepdim=True)).mul_(p)
+            grad_bias += ds.view(s1 - s0, -1, *ds.shape[1:]).sum(0)
+            torch.bmm(ds, _matrices(k, s0, s1), out=_matrices(dq, s0, s1)).mul_(scale)
+            torch.bmm(ds.transpose(1, 2), _matrices(q, s0, s1), out=_matrices(dk, s0, s1)).mul_(scale)
+            torch.bmm(p.transpose(1, 2), g, out=_matrices(dv, s0, s1))
     return dq, dk, dv, grad_bias
 
 
