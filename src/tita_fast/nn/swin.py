@@ -236,7 +236,8 @@ class _ShiftedWindows(nn.Module):
 
     def _in_window_order(self, height: int, width: int, *ts: torch.Tensor):
         """The inverse order and each of ``ts`` (N, L, C) in window order."""
-        order, inverse = window_order(height, width, self.window, self.shift, ts[0].device)
+        build = window_order.__wrapped__ if torch.compiler.is_compiling() else window_order  # as in _mask
+        order, inverse = build(height, width, self.window, self.shift, ts[0].device)
         return inverse, [t[:, order] for t in ts]
 
     def _to_windows(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
