@@ -1,5 +1,7 @@
-"""The window-attention op (ops/window_attention.py) against the published algorithm: chunked custom op (with
-autograd) and scaled_dot_product_attention path (without), masks, chunking, dtypes, errors, registration."""
+"""The window-attention op (ops/window_attention.py) against the published algorithm, on every backend: chunked
+custom op (with autograd), scaled_dot_product_attention path (reference, without) and the compiled CPU kernel
+(cpu: without autograd, and as the chunked op's forward); masks, chunking, dtypes, odd shapes, errors,
+registration."""
 
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from tita_fast.reference.published import window_attention_published
 
 window_attention_module = sys.modules["tita_fast.ops.window_attention"]
 CPU = torch.device("cpu")
+BACKENDS = [b for b in ("reference", "cpu") if b in tita_fast.available_backends()]
+needs_cpu_kernel = pytest.mark.skipif(
+    "cpu" not in tita_fast.available_backends(), reason="the compiled CPU kernels are not built in this installation"
+)
 
 
 def inputs(images, grid, window=4, heads=3, d=5, dtype=torch.float64, seed=0):
@@ -43,9 +49,10 @@ def run_with_grads(fn, q, k, v, bias, mask, scale, grad):
 CHUNKINGS = [1, 4 * 3 * 16 * 16 * 8, 20 * 3 * 16 * 16 * 8, 40 * 3 * 16 * 16 * 8, 10**9]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("chunk_bytes", CHUNKINGS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_chunked_op_equals_the_published_algorithm_float64(monkeypatch, chunk_bytes, masked):
+def test_chunked_op_equals_the_published_algorithm_float64(monkeypatch, chunk_bytes, masked, backend):
     # 3 images of a 3x5 window grid: N > 1, a grid that is not square, windows per image (15) coprime to most
     # chunk sizes. Tolerance: float64 rounding of a softmax over 16 scores (summation order differs).
     monkeypatch.setattr(window_attention_module, "CHUNK_BYTES", chunk_bytes)
@@ -53,33 +60,40 @@ def test_chunked_op_equals_the_published_algorithm_float64(monkeypatch, chunk_by
     q, k, v, bias = inputs(3, grid)
     mask = mask_for(grid) if masked else None
     grad = torch.randn(q.shape, dtype=q.dtype, generator=torch.Generator().manual_seed(5))
-    out, grads = run_with_grads(window_attention, q, k, v, bias, mask, 0.4, grad)
+    with tita_fast.use_backend(backend):
+        out, grads = run_with_grads(window_attention, q, k, v, bias, mask, 0.4, grad)
     expected, expected_grads = run_with_grads(window_attention_published, q, k, v, bias, mask, 0.4, grad)
     assert rel_err(out, expected) <= 1e-13
     for got, want in zip(grads, expected_grads, strict=True):
         assert rel_err(got, want) <= 1e-12
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_inference_path_equals_the_published_algorithm(masked):
+def test_inference_path_equals_the_published_algorithm(masked, backend):
     grid = (3, 5)
     q, k, v, bias = (t.detach() for t in inputs(2, grid))
     mask = mask_for(grid) if masked else None
-    with torch.no_grad():
+    with torch.no_grad(), tita_fast.use_backend(backend):
         out = window_attention(q, k, v, bias, mask, 0.4)
     assert rel_err(out, window_attention_published(q, k, v, bias, mask, 0.4)) <= 1e-13
 
 
-def test_gradcheck_of_the_chunked_op(monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_of_the_chunked_op(monkeypatch, backend):
     monkeypatch.setattr(window_attention_module, "CHUNK_BYTES", 4 * 2 * 16 * 16 * 8)  # 4 windows: 2 chunks per image
     grid = (2, 3)
     q, k, v, bias = inputs(2, grid, heads=2, d=3)
     mask = mask_for(grid)
-    assert torch.autograd.gradcheck(lambda *t: window_attention(*t, mask, 0.7), (q, k, v, bias))
+    with tita_fast.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda *t: window_attention(*t, mask, 0.7), (q, k, v, bias))
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_lower_precision_against_float64(dtype, tolerance):
+@pytest.mark.parametrize(
+    "dtype, tolerance, backend",
+    [(torch.float32, 1e-5, b) for b in BACKENDS] + [(torch.bfloat16, 2e-2, "reference")],
+)
+def test_lower_precision_against_float64(dtype, tolerance, backend):
     # float32: a few ulps of rounding through two products and a softmax; bfloat16 (8-bit mantissa, ~4e-3 per
     # rounding): inputs and output rounded, scores and softmax computed in float32.
     grid = (2, 3)
@@ -88,13 +102,14 @@ def test_lower_precision_against_float64(dtype, tolerance):
     grad = torch.randn(q.shape, dtype=q.dtype, generator=torch.Generator().manual_seed(5))
     expected, expected_grads = run_with_grads(window_attention_published, q, k, v, bias, mask, 0.4, grad)
     low = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, bias)]
-    out, grads = run_with_grads(window_attention, *low, mask, 0.4, grad.to(dtype))
-    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    assert rel_err(out.double(), expected) <= tolerance
-    for got, want in zip(grads, expected_grads, strict=True):
-        assert rel_err(got.double(), want) <= 2 * tolerance
-    with torch.no_grad():
-        assert rel_err(window_attention(*low, mask, 0.4).double(), expected) <= tolerance
+    with tita_fast.use_backend(backend):
+        out, grads = run_with_grads(window_attention, *low, mask, 0.4, grad.to(dtype))
+        assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+        assert rel_err(out.double(), expected) <= tolerance
+        for got, want in zip(grads, expected_grads, strict=True):
+            assert rel_err(got.double(), want) <= 2 * tolerance
+        with torch.no_grad():
+            assert rel_err(window_attention(*low, mask, 0.4).double(), expected) <= tolerance
 
 
 def test_blocking_mask_is_minus_infinity_exactly_where_the_published_one_is_not_zero():
@@ -119,14 +134,105 @@ def test_shift_mask_holds_every_masked_window(grid):
     assert shift_mask(height, width, window, shift, CPU) is mask  # built once
 
 
-def test_custom_op_registration_passes_opcheck():
+@pytest.mark.parametrize("compiled", [False, True] if "cpu" in BACKENDS else [False])
+def test_custom_op_registration_passes_opcheck(compiled):
     grid = (2, 3)
     q, k, v, bias = inputs(2, grid, heads=2, d=3)
     q, k, v = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
     dense = mask_for(grid).blocking().dense()
     op = torch.ops.tita_fast.window_attention.default  # heads-major (B_, heads, T, d) inputs
-    torch.library.opcheck(op, (q, k, v, bias, dense, 0.5))
-    torch.library.opcheck(op, (q, k, v, bias, None, 0.5))
+    torch.library.opcheck(op, (q, k, v, bias, dense, 0.5, compiled))
+    torch.library.opcheck(op, (q, k, v, bias, None, 0.5, compiled))
+
+
+# -- the compiled CPU kernel on its own --------------------------------------------------------------------------
+
+
+def strided_inputs(windows, window, heads, d, dtype, seed=0):
+    """q, k, v as the model makes them: views (windows, T, heads, d) into one (windows, T, 3, heads, d) tensor."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = window * window
+    qkv = torch.randn(windows, tokens, 3, heads, d, generator=g, dtype=torch.float64)
+    bias = torch.randn(heads, tokens, tokens, generator=g, dtype=torch.float64)
+    q, k, v = qkv.to(dtype).unbind(2)
+    return q, k, v, bias.to(dtype)
+
+
+# Tokens per window 9, 25, 49, 64 against the kernel's 16 (float32) / 8 (float64) query lanes: padded blocks;
+# head dims 1 to 17; several images.
+SHAPES = [(2, 3, 2, 5, 1), (3, 2, 5, 1, 4), (1, 2, 7, 3, 17), (2, 1, 8, 6, 10)]  # images, grid side, window, heads, d
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_kernel_equals_the_published_algorithm(dtype, tolerance, shape, masked):
+    # float64: rounding only (summation order). float32: a few ulps of rounding of d-term dot products, a
+    # softmax over up to 64 scores of magnitude ~10 (inputs ~N(0,1), bias ~N(0,1)) and the exp polynomial (~1 ulp).
+    images, side, window, heads, d = shape
+    q, k, v, bias = strided_inputs(images * side * side, window, heads, d, dtype)
+    mask = shift_mask(side * window, side * window, window, window // 2, CPU) if masked and side > 1 else None
+    expected = window_attention_published(*(t.double() for t in (q, k, v, bias)), mask, d**-0.5)
+    with torch.no_grad(), tita_fast.use_backend("cpu"):
+        out = window_attention(q, k, v, bias, mask, d**-0.5)
+    assert out.dtype == dtype and out.is_contiguous()
+    assert rel_err(out, expected) <= tolerance
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernel_softmax_over_extreme_scores(dtype):
+    # Scores far below the row maximum (-30, -87, -88, -1000 and -inf apart) underflow to exactly 0 where the true
+    # weight is below ~1e-38, else keep their relative precision; a row dominated by one score gives its value.
+    q, k, v, bias = strided_inputs(4, 4, 2, 3, dtype, seed=1)
+    bias = bias.clone()
+    bias[0, :, 3], bias[0, :, 5], bias[0, :, 7], bias[1, :, 2] = -30.0, -87.0, -88.0, -1000.0
+    bias[1, :, 9] = float("-inf")
+    bias[1, 4, :] = -1000.0
+    bias[1, 4, 6] = 50.0
+    expected = window_attention_published(*(t.double() for t in (q, k, v, bias)), None, 0.5)
+    with torch.no_grad(), tita_fast.use_backend("cpu"):
+        out = window_attention(q, k, v, bias, None, 0.5)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, expected) <= (1e-13 if dtype == torch.float64 else 1e-5)
+    assert torch.equal(out[:, 4, 1], v[:, 6, 1])  # the dominating key's value, exactly
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_registration_and_empty_input():
+    q, k, v, bias = strided_inputs(6, 4, 2, 3, torch.float32)
+    mask = shift_mask(8, 12, 4, 2, CPU).blocking()
+    rows = torch.full((6,), -1, dtype=torch.long)
+    rows[mask.index] = torch.arange(mask.index.numel())
+    op = torch.ops.tita_fast.window_attention_forward.default
+    torch.library.opcheck(op, (q, k, v, bias, mask.values, rows, 0.5))
+    torch.library.opcheck(op, (q, k, v, bias, None, None, 0.5))
+    assert op(q[:0], k[:0], v[:0], bias, None, None, 0.5).shape == (0, 16, 2, 3)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_refuses_bad_inputs():
+    q, k, v, bias = strided_inputs(4, 4, 2, 3, torch.float32)
+    op = torch.ops.tita_fast.window_attention_forward
+    values = torch.zeros(1, 16, 16)
+    with pytest.raises(RuntimeError, match="supports float32 and float64"):
+        op(q.half(), k.half(), v.half(), bias.half(), None, None, 0.5)
+    with pytest.raises(RuntimeError, match="one shape"):
+        op(q, k[:1], v, bias, None, None, 0.5)
+    with pytest.raises(RuntimeError, match="share device and dtype"):
+        op(q, k, v, bias.double(), None, None, 0.5)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        op(q, k, v, bias[:1], None, None, 0.5)
+    with pytest.raises(RuntimeError, match="go together"):
+        op(q, k, v, bias, values, None, 0.5)
+    with pytest.raises(RuntimeError, match="mask_index must be"):
+        op(q, k, v, bias, values, torch.zeros(3, dtype=torch.long), 0.5)  # 3 does not divide 4 windows
+    with pytest.raises(RuntimeError, match="out of range"):
+        op(q, k, v, bias, values, torch.tensor([0, 1]), 0.5)
+    with pytest.raises(RuntimeError, match="backend .cpu. cannot run window_attention"):
+        with tita_fast.use_backend("cpu"), torch.no_grad():
+            window_attention(*(t.bfloat16() for t in (q, k, v, bias)), None, 0.5)
 
 
 def test_bad_inputs_are_refused():
