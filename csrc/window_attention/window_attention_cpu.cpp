@@ -18,6 +18,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace tita_fast {
@@ -103,21 +104,68 @@ struct Workspace {
         scores(tokens * kLanes<T>) {}
 };
 
-// One (window, head): out rows of the window's tokens for this head, (d, padded). additive_t and mask_t (T,
-// padded): bias and mask transposed, [key][query]; mask_t may be null.
+// out[c0 + g] = inverse * sum_j weights[j] v[j][c0 + g] for G channels at once: G independent accumulators (one
+// per channel) keep the FMAs from waiting on each other.
+template <typename T, int G>
+TITA_INLINE void weighted_values(const T* __restrict weights, const T* __restrict v, int64_t tokens, int64_t ld_v,
+                                 int64_t c0, Vec<T> inverse, T* __restrict out, int64_t out_stride) {
+  constexpr int L = kLanes<T>;
+  Vec<T> acc[G] = {};
+  for (int64_t j = 0; j < tokens; ++j) {
+    const Vec<T> w = load(weights + j * L);
+    const T* vj = v + j * ld_v + c0;
+    for (int g = 0; g < G; ++g) acc[g] += w * vj[g];
+  }
+  for (int g = 0; g < G; ++g) store<T>(out + g * out_stride, acc[g] * inverse);
+}
+
+// scores[j0 + g] = additive + mask + q . k[j0 + g] for G keys at once (G independent FMA chains over the d
+// channels); returns the running maximum over keys, lane by lane.
+template <typename T, int G>
+TITA_INLINE Vec<T> key_scores(const T* __restrict q_t, int64_t padded, int64_t d, const T* __restrict k, int64_t ld_k,
+                              int64_t j0, const T* __restrict additive_t, const T* __restrict mask_t,
+                              T* __restrict scores, Vec<T> peak) {
+  constexpr int L = kLanes<T>;
+  Vec<T> acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = load(additive_t + (j0 + g) * padded);
+  if (mask_t != nullptr)
+    for (int g = 0; g < G; ++g) acc[g] += load(mask_t + (j0 + g) * padded);
+  const T* kj = k + j0 * ld_k;
+  for (int64_t c = 0; c < d; ++c) {
+    const Vec<T> qc = load(q_t + c * padded);
+    for (int g = 0; g < G; ++g) acc[g] += kj[g * ld_k + c] * qc;
+  }
+  for (int g = 0; g < G; ++g) {
+    peak = peak > acc[g] ? peak : acc[g];
+    store<T>(scores + (j0 + g) * L, acc[g]);
+  }
+  return peak;
+}
+
+// One (window, head): out rows of the window's tokens for this head, (d, padded). q_t (d, padded): q transposed
+// and scaled; k, v: rows of d values ld_k, ld_v apart; additive_t and mask_t (T, padded): bias and mask
+// transposed, [key][query]; mask_t may be null.
 template <typename T>
-TITA_VECTOR_CLONES void attend(const T* __restrict q_t, const T* __restrict k, const T* __restrict v,
-                               const T* __restrict additive_t, const T* __restrict mask_t, T* __restrict scores,
-                               int64_t tokens, int64_t padded, int64_t d, T* __restrict out_block) {
+TITA_VECTOR_CLONES void attend(const T* __restrict q_t, const T* __restrict k, int64_t ld_k, const T* __restrict v,
+                               int64_t ld_v, const T* __restrict additive_t, const T* __restrict mask_t,
+                               T* __restrict scores, int64_t tokens, int64_t padded, int64_t d,
+                               T* __restrict out_block) {
   constexpr int L = kLanes<T>;
   for (int64_t i0 = 0; i0 < padded; i0 += L) {
     Vec<T> peak = Vec<T>{} - std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j < tokens; ++j) {
-      Vec<T> acc = load(additive_t + j * padded + i0);
-      if (mask_t != nullptr) acc += load(mask_t + j * padded + i0);
-      for (int64_t c = 0; c < d; ++c) acc += k[j * d + c] * load(q_t + c * padded + i0);
-      peak = peak > acc ? peak : acc;
-      store<T>(scores + j * L, acc);
+    const T* add = additive_t + i0;
+    const T* mask = mask_t == nullptr ? nullptr : mask_t + i0;
+    int64_t j = 0;
+    for (; j + 8 <= tokens; j += 8) peak = key_scores<T, 8>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak);
+    switch (tokens - j) {  // the last 1-7 keys
+      case 7: peak = key_scores<T, 7>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak); break;
+      case 6: peak = key_scores<T, 6>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak); break;
+      case 5: peak = key_scores<T, 5>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak); break;
+      case 4: peak = key_scores<T, 4>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak); break;
+      case 3: peak = key_scores<T, 3>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak); break;
+      case 2: peak = key_scores<T, 2>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak); break;
+      case 1: peak = key_scores<T, 1>(q_t + i0, padded, d, k, ld_k, j, add, mask, scores, peak); break;
+      default: break;
     }
     Vec<T> total{};
     for (int64_t j = 0; j < tokens; ++j) {
@@ -125,12 +173,41 @@ TITA_VECTOR_CLONES void attend(const T* __restrict q_t, const T* __restrict k, c
       store<T>(scores + j * L, e);
       total += e;
     }
-    for (int64_t c = 0; c < d; ++c) {
-      Vec<T> acc{};
-      for (int64_t j = 0; j < tokens; ++j) acc += load(scores + j * L) * v[j * d + c];
-      store<T>(out_block + c * padded + i0, acc / total);
+    const Vec<T> inverse = T(1) / total;
+    int64_t c = 0;
+    for (; c + 8 <= d; c += 8) weighted_values<T, 8>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded);
+    switch (d - c) {  // the last 1-7 channels
+      case 7: weighted_values<T, 7>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
+      case 6: weighted_values<T, 6>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
+      case 5: weighted_values<T, 5>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
+      case 4: weighted_values<T, 4>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
+      case 3: weighted_values<T, 3>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
+      case 2: weighted_values<T, 2>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
+      case 1: weighted_values<T, 1>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
+      default: break;
     }
   }
+}
+
+// One (window, head)'s q, transposed and scaled, into q_t (d, padded).
+template <typename T>
+void stage_query(const Tokens<const T>& qs, int64_t b, int64_t h, int64_t tokens, int64_t padded, int64_t d, T alpha,
+                 T* __restrict q_t) {
+  for (int64_t i = 0; i < tokens; ++i) {
+    const T* __restrict qi = qs.at(b, i, h);
+    for (int64_t c = 0; c < d; ++c) q_t[c * padded + i] = alpha * qi[c * qs.s_dim];
+  }
+}
+
+// Rows of one (window, head)'s k or v: read in place when each token's d values are contiguous (the model's
+// layout), else copied into ``copy`` (T, d). Returns the rows and their stride.
+template <typename T>
+std::pair<const T*, int64_t> key_rows(const Tokens<const T>& ts, int64_t b, int64_t h, int64_t tokens, int64_t d,
+                                      T* __restrict copy) {
+  if (ts.s_dim == 1) return {ts.at(b, 0, h), ts.s_token};
+  for (int64_t i = 0; i < tokens; ++i)
+    for (int64_t c = 0; c < d; ++c) copy[i * d + c] = ts.at(b, i, h)[c * ts.s_dim];
+  return {copy, d};
 }
 
 // (heads or masks, T, T) -> (heads or masks, T, padded) transposed to [key][query], zero-padded queries.
@@ -168,21 +245,17 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
     std::vector<T> out_block(d * padded);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / heads, h = task % heads;
-      for (int64_t i = 0; i < tokens; ++i) {
-        const T *qi = qs.at(b, i, h), *ki = ks.at(b, i, h), *vi = vs.at(b, i, h);
-        for (int64_t c = 0; c < d; ++c) {
-          w.q_t[c * padded + i] = alpha * qi[c * qs.s_dim];
-          w.k[i * d + c] = ki[c * ks.s_dim];
-          w.v[i * d + c] = vi[c * vs.s_dim];
-        }
-      }
+      stage_query(qs, b, h, tokens, padded, d, alpha, w.q_t.data());
+      const auto [k_rows, ld_k] = key_rows(ks, b, h, tokens, d, w.k.data());
+      const auto [v_rows, ld_v] = key_rows(vs, b, h, tokens, d, w.v.data());
       const int64_t row = mask_row.empty() ? -1 : mask_row[b % static_cast<int64_t>(mask_row.size())];
       const T* m = row < 0 ? nullptr : mask_t.data() + row * tokens * padded;
-      attend<T>(w.q_t.data(), w.k.data(), w.v.data(), bias_t.data() + h * tokens * padded, m, w.scores.data(),
+      attend<T>(w.q_t.data(), k_rows, ld_k, v_rows, ld_v, bias_t.data() + h * tokens * padded, m, w.scores.data(),
                 tokens, padded, d, out_block.data());
       for (int64_t i = 0; i < tokens; ++i) {
-        T* oi = os.at(b, i, h);
-        for (int64_t c = 0; c < d; ++c) oi[c * os.s_dim] = out_block[c * padded + i];
+        T* __restrict oi = os.at(b, i, h);  // out is contiguous
+        const T* __restrict block = out_block.data() + i;
+        for (int64_t c = 0; c < d; ++c) oi[c] = block[c * padded];
       }
     }
   });
