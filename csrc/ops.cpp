@@ -28,9 +28,12 @@ TORCH_LIBRARY(tita_fast, m) {
   m.def("oaf_mix_backward(Tensor grad, " TITA_OAF_INPUTS ") -> Tensor[]");
   // softmax(scale * q k^T + bias [+ mask]) v within windows; q, k, v (windows, T, heads, d) of any strides, bias
   // (heads, T, T), mask (masks, T, T) for window i of each image its row mask_index[i % len] (-1: none). Returns
-  // (windows, T, heads, d), contiguous. Forward only (src/tita_fast/ops/window_attention.py).
+  // (windows, T, heads, d), contiguous (src/tita_fast/ops/window_attention.py).
   m.def("window_attention_forward(Tensor q, Tensor k, Tensor v, Tensor bias, Tensor? mask, Tensor? mask_index, "
         "float scale) -> Tensor");
+  // Gradients [dq, dk, dv, grad_bias] from the gradient of the output `out` (probabilities recomputed).
+  m.def("window_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor bias, "
+        "Tensor? mask, Tensor? mask_index, float scale) -> Tensor[]");
 }
 
 // `import tita_fast._C` registers the operators above; the module itself has no attributes.

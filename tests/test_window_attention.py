@@ -1,7 +1,6 @@
-"""The window-attention op (ops/window_attention.py) against the published algorithm, on every backend: chunked
-custom op (with autograd), scaled_dot_product_attention path (reference, without) and the compiled CPU kernel
-(cpu: without autograd, and as the chunked op's forward); masks, chunking, dtypes, odd shapes, errors,
-registration."""
+"""The window-attention op (ops/window_attention.py) against the published algorithm, on every backend: the
+reference's chunked custom op (with autograd) and scaled_dot_product_attention path (without), and the compiled
+CPU forward and backward kernels (cpu); masks, chunking, dtypes, odd shapes, errors, registration."""
 
 from __future__ import annotations
 
@@ -49,10 +48,9 @@ def run_with_grads(fn, q, k, v, bias, mask, scale, grad):
 CHUNKINGS = [1, 4 * 3 * 16 * 16 * 8, 20 * 3 * 16 * 16 * 8, 40 * 3 * 16 * 16 * 8, 10**9]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("chunk_bytes", CHUNKINGS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_chunked_op_equals_the_published_algorithm_float64(monkeypatch, chunk_bytes, masked, backend):
+def test_chunked_op_equals_the_published_algorithm_float64(monkeypatch, chunk_bytes, masked):
     # 3 images of a 3x5 window grid: N > 1, a grid that is not square, windows per image (15) coprime to most
     # chunk sizes. Tolerance: float64 rounding of a softmax over 16 scores (summation order differs).
     monkeypatch.setattr(window_attention_module, "CHUNK_BYTES", chunk_bytes)
@@ -60,7 +58,7 @@ def test_chunked_op_equals_the_published_algorithm_float64(monkeypatch, chunk_by
     q, k, v, bias = inputs(3, grid)
     mask = mask_for(grid) if masked else None
     grad = torch.randn(q.shape, dtype=q.dtype, generator=torch.Generator().manual_seed(5))
-    with tita_fast.use_backend(backend):
+    with tita_fast.use_backend("reference"):
         out, grads = run_with_grads(window_attention, q, k, v, bias, mask, 0.4, grad)
     expected, expected_grads = run_with_grads(window_attention_published, q, k, v, bias, mask, 0.4, grad)
     assert rel_err(out, expected) <= 1e-13
@@ -134,15 +132,14 @@ def test_shift_mask_holds_every_masked_window(grid):
     assert shift_mask(height, width, window, shift, CPU) is mask  # built once
 
 
-@pytest.mark.parametrize("compiled", [False, True] if "cpu" in BACKENDS else [False])
-def test_custom_op_registration_passes_opcheck(compiled):
+def test_custom_op_registration_passes_opcheck():
     grid = (2, 3)
     q, k, v, bias = inputs(2, grid, heads=2, d=3)
     q, k, v = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
     dense = mask_for(grid).blocking().dense()
     op = torch.ops.tita_fast.window_attention.default  # heads-major (B_, heads, T, d) inputs
-    torch.library.opcheck(op, (q, k, v, bias, dense, 0.5, compiled))
-    torch.library.opcheck(op, (q, k, v, bias, None, 0.5, compiled))
+    torch.library.opcheck(op, (q, k, v, bias, dense, 0.5))
+    torch.library.opcheck(op, (q, k, v, bias, None, 0.5))
 
 
 # -- the compiled CPU kernel on its own --------------------------------------------------------------------------
@@ -181,6 +178,37 @@ def test_cpu_kernel_equals_the_published_algorithm(dtype, tolerance, shape, mask
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_kernel_gradients_equal_the_published_algorithm(dtype, tolerance, shape, masked):
+    # Gradients of q, k, v (strided views of one tensor, as in the model) and the bias (summed over windows and
+    # images). float32: the forward's rounding (above) through one more product and a sum over up to 12 windows.
+    images, side, window, heads, d = shape
+    q, k, v, bias = (t.requires_grad_() for t in strided_inputs(images * side * side, window, heads, d, dtype))
+    mask = shift_mask(side * window, side * window, window, window // 2, CPU) if masked and side > 1 else None
+    grad = torch.randn(q.shape, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    expected, expected_grads = run_with_grads(
+        window_attention_published, *(t.detach().double().requires_grad_() for t in (q, k, v, bias)), mask,
+        d**-0.5, grad.double(),
+    )  # fmt: skip
+    with tita_fast.use_backend("cpu"):
+        out, grads = run_with_grads(window_attention, q, k, v, bias, mask, d**-0.5, grad)
+    assert rel_err(out, expected) <= tolerance
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert got.dtype == dtype and rel_err(got, want) <= tolerance
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_has_no_double_backward():
+    q, k, v, bias = (t.requires_grad_() for t in strided_inputs(2, 2, 2, 3, torch.float64))
+    with tita_fast.use_backend("cpu"):
+        out = window_attention(q, k, v, bias, None, 0.5)
+    with pytest.raises(NotImplementedError, match="no double backward"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+
+
+@needs_cpu_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpu_kernel_softmax_over_extreme_scores(dtype):
     # Scores far below the row maximum (-30, -87, -88, -1000 and -inf apart) underflow to exactly 0 where the true
@@ -201,14 +229,15 @@ def test_cpu_kernel_softmax_over_extreme_scores(dtype):
 
 @needs_cpu_kernel
 def test_cpu_kernel_registration_and_empty_input():
-    q, k, v, bias = strided_inputs(6, 4, 2, 3, torch.float32)
+    q, k, v, bias = (t.requires_grad_() for t in strided_inputs(6, 4, 2, 3, torch.float64))
     mask = shift_mask(8, 12, 4, 2, CPU).blocking()
     rows = torch.full((6,), -1, dtype=torch.long)
     rows[mask.index] = torch.arange(mask.index.numel())
     op = torch.ops.tita_fast.window_attention_forward.default
-    torch.library.opcheck(op, (q, k, v, bias, mask.values, rows, 0.5))
+    torch.library.opcheck(op, (q, k, v, bias, mask.values.double(), rows, 0.5))
     torch.library.opcheck(op, (q, k, v, bias, None, None, 0.5))
-    assert op(q[:0], k[:0], v[:0], bias, None, None, 0.5).shape == (0, 16, 2, 3)
+    with torch.no_grad():
+        assert op(q[:0], k[:0], v[:0], bias, None, None, 0.5).shape == (0, 16, 2, 3)
 
 
 @needs_cpu_kernel

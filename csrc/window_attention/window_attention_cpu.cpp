@@ -78,6 +78,20 @@ TITA_INLINE Vec<double> exp_nonpositive(Vec<double> x) {
   return x;
 }
 
+template <typename T>
+TITA_INLINE T horizontal_sum(Vec<T> x) {
+  T total = T(0);
+  for (int l = 0; l < kLanes<T>; ++l) total += x[l];
+  return total;
+}
+
+template <typename T>
+TITA_INLINE T horizontal_max(Vec<T> x) {
+  T peak = x[0];
+  for (int l = 1; l < kLanes<T>; ++l) peak = std::max(peak, x[l]);
+  return peak;
+}
+
 // Strided view of a (B_, T, heads, d) tensor.
 template <typename T>
 struct Tokens {
@@ -261,9 +275,144 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
   });
 }
 
-at::Tensor window_attention_forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                        const at::Tensor& bias, const c10::optional<at::Tensor>& mask,
-                                        const c10::optional<at::Tensor>& mask_index, double scale) {
+
+// -- backward: keys as lanes ------------------------------------------------------------------------------------
+//
+// One (window, head) row of queries at a time, its T keys in vectors: scores, softmax (horizontal max and sum),
+// then every gradient term but dq is a vector FMA: dv^T[c] += g[i,c] p, dk^T[c] += (scale q[i,c]) ds,
+// grad_bias[i] += ds; dq[i,c] = scale * sum_j ds[j] k[j,c] is one horizontal sum per channel.
+
+// One (window, head). k_t, v_t (d, kpad): k and v transposed; additive (T, kpad): bias rows, -inf in the padded
+// key lanes; mask (T, kpad) or null; q_s: q rows scaled, g and o: rows of grad and out (d values ld_* apart);
+// accumulates grad_bias (T, kpad); writes dq rows (ld_dq apart), dk_t and dv_t (d, kpad).
+template <typename T>
+TITA_VECTOR_CLONES void attend_backward(const T* __restrict q_s, int64_t ld_q, const T* __restrict k_t,
+                                        const T* __restrict v_t, const T* __restrict g, int64_t ld_g,
+                                        const T* __restrict o, int64_t ld_o, const T* __restrict additive,
+                                        const T* __restrict mask, int64_t tokens, int64_t kpad, int64_t d, T scale,
+                                        T* __restrict grad_bias, T* __restrict dq, int64_t ld_dq,
+                                        T* __restrict dk_t, T* __restrict dv_t, T* __restrict row) {
+  constexpr int L = kLanes<T>;
+  for (int64_t x = 0; x < d * kpad; ++x) dk_t[x] = T(0), dv_t[x] = T(0);
+  for (int64_t i = 0; i < tokens; ++i) {
+    const T* qi = q_s + i * ld_q;
+    const T* gi = g + i * ld_g;
+    const T* oi = o + i * ld_o;
+    Vec<T> peak = Vec<T>{} - std::numeric_limits<T>::infinity();
+    for (int64_t j0 = 0; j0 < kpad; j0 += L) {
+      Vec<T> s = load(additive + i * kpad + j0);
+      if (mask != nullptr) s += load(mask + i * kpad + j0);
+      for (int64_t c = 0; c < d; ++c) s += qi[c] * load(k_t + c * kpad + j0);
+      peak = peak > s ? peak : s;
+      store<T>(row + j0, s);
+    }
+    const T top = horizontal_max<T>(peak);
+    Vec<T> total{};
+    for (int64_t j0 = 0; j0 < kpad; j0 += L) {
+      const Vec<T> e = exp_nonpositive(load(row + j0) - top);
+      store<T>(row + j0, e);
+      total += e;
+    }
+    const T inverse = T(1) / horizontal_sum<T>(total);
+    T delta = T(0);  // sum_j p_ij dp_ij = g_i . o_i
+    for (int64_t c = 0; c < d; ++c) delta += gi[c] * oi[c];
+    for (int64_t j0 = 0; j0 < kpad; j0 += L) {
+      const Vec<T> p = load(row + j0) * inverse;
+      Vec<T> dp{};
+      for (int64_t c = 0; c < d; ++c) {
+        dp += gi[c] * load(v_t + c * kpad + j0);
+        store<T>(dv_t + c * kpad + j0, load(dv_t + c * kpad + j0) + gi[c] * p);
+      }
+      const Vec<T> ds = p * (dp - delta);
+      store<T>(grad_bias + i * kpad + j0, load(grad_bias + i * kpad + j0) + ds);
+      for (int64_t c = 0; c < d; ++c) store<T>(dk_t + c * kpad + j0, load(dk_t + c * kpad + j0) + qi[c] * ds);
+      store<T>(row + j0, ds);
+    }
+    for (int64_t c = 0; c < d; ++c) {
+      Vec<T> acc{};
+      for (int64_t j0 = 0; j0 < kpad; j0 += L) acc += load(row + j0) * load(k_t + c * kpad + j0);
+      dq[i * ld_dq + c] = scale * horizontal_sum<T>(acc);
+    }
+  }
+}
+
+// (count, T, T) -> (count, T, kpad), keys padded with ``fill``.
+template <typename T>
+std::vector<T> key_padded(const at::Tensor& t, int64_t kpad, T fill) {
+  const auto c = t.contiguous();
+  const int64_t count = c.size(0), tokens = c.size(1);
+  std::vector<T> result(count * tokens * kpad, fill);
+  const T* src = c.data_ptr<T>();
+  for (int64_t r = 0; r < count * tokens; ++r) std::copy(src + r * tokens, src + (r + 1) * tokens, result.begin() + r * kpad);
+  return result;
+}
+
+constexpr int64_t kBackwardWindows = 16;  // windows per task of the backward: one grad_bias partial each
+
+template <typename T>
+void backward(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+              const at::Tensor& out, const at::Tensor& bias, const c10::optional<at::Tensor>& mask,
+              const c10::optional<at::Tensor>& mask_index, double scale, const at::Tensor& dq, const at::Tensor& dk,
+              const at::Tensor& dv, const at::Tensor& grad_bias) {
+  constexpr int L = kLanes<T>;
+  const int64_t windows = q.size(0), tokens = q.size(1), heads = q.size(2), d = q.size(3);
+  const int64_t kpad = (tokens + L - 1) / L * L;
+  const std::vector<T> additive = key_padded<T>(bias, kpad, -std::numeric_limits<T>::infinity());
+  std::vector<T> mask_rows;
+  std::vector<int64_t> mask_row;
+  if (mask.has_value()) {
+    mask_rows = key_padded<T>(*mask, kpad, T(0));
+    const auto index = mask_index->contiguous();
+    mask_row.assign(index.data_ptr<int64_t>(), index.data_ptr<int64_t>() + index.numel());
+  }
+  const int64_t tasks = (windows + kBackwardWindows - 1) / kBackwardWindows;
+  std::vector<T> partials(tasks * heads * tokens * kpad, T(0));
+  const Tokens<const T> qs(q), ks(k), vs(v), gs(grad), os(out);
+  const Tokens<T> dqs(dq), dks(dk), dvs(dv);
+  const T alpha = static_cast<T>(scale);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> q_s(tokens * d), g_rows(tokens * d), o_rows(tokens * d), k_t(d * kpad, T(0)), v_t(d * kpad, T(0));
+    std::vector<T> dk_t(d * kpad), dv_t(d * kpad), row(kpad);
+    for (int64_t task = begin; task < end; ++task) {
+      for (int64_t b = task * kBackwardWindows; b < std::min(windows, (task + 1) * kBackwardWindows); ++b) {
+        const int64_t m = mask_row.empty() ? -1 : mask_row[b % static_cast<int64_t>(mask_row.size())];
+        for (int64_t h = 0; h < heads; ++h) {
+          for (int64_t i = 0; i < tokens; ++i)
+            for (int64_t c = 0; c < d; ++c) {
+              q_s[i * d + c] = alpha * qs.at(b, i, h)[c * qs.s_dim];
+              g_rows[i * d + c] = gs.at(b, i, h)[c * gs.s_dim];
+              o_rows[i * d + c] = os.at(b, i, h)[c * os.s_dim];
+              k_t[c * kpad + i] = ks.at(b, i, h)[c * ks.s_dim];
+              v_t[c * kpad + i] = vs.at(b, i, h)[c * vs.s_dim];
+            }
+          attend_backward<T>(q_s.data(), d, k_t.data(), v_t.data(), g_rows.data(), d, o_rows.data(), d,
+                             additive.data() + h * tokens * kpad,
+                             m < 0 ? nullptr : mask_rows.data() + m * tokens * kpad, tokens, kpad, d, alpha,
+                             partials.data() + (task * heads + h) * tokens * kpad, dqs.at(b, 0, h), dqs.s_token,
+                             dk_t.data(), dv_t.data(), row.data());
+          for (int64_t j = 0; j < tokens; ++j)
+            for (int64_t c = 0; c < d; ++c) {
+              dks.at(b, j, h)[c] = dk_t[c * kpad + j];
+              dvs.at(b, j, h)[c] = dv_t[c * kpad + j];
+            }
+        }
+      }
+    }
+  });
+  // grad_bias: the partials summed in task order (the same result for any thread count).
+  T* gb = grad_bias.data_ptr<T>();
+  for (int64_t x = 0; x < heads * tokens * tokens; ++x) gb[x] = T(0);
+  for (int64_t task = 0; task < tasks; ++task)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < tokens; ++i) {
+        const T* part = partials.data() + ((task * heads + h) * tokens + i) * kpad;
+        T* dst = gb + (h * tokens + i) * tokens;
+        for (int64_t j = 0; j < tokens; ++j) dst[j] += part[j];
+      }
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                  const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& mask_index) {
   TORCH_CHECK(q.device().is_cpu(), "window_attention (CPU kernel): expected CPU tensors, got ", q.device());
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
               "window_attention (CPU kernel): supports float32 and float64, got ", q.scalar_type());
@@ -288,6 +437,12 @@ at::Tensor window_attention_forward_cpu(const at::Tensor& q, const at::Tensor& k
     for (int64_t i = 0; i < index.numel(); ++i)
       TORCH_CHECK(rows[i] >= -1 && rows[i] < mask->size(0), "window_attention: mask_index out of range");
   }
+}
+
+at::Tensor window_attention_forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const at::Tensor& bias, const c10::optional<at::Tensor>& mask,
+                                        const c10::optional<at::Tensor>& mask_index, double scale) {
+  check_inputs(q, k, v, bias, mask, mask_index);
   auto out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_forward_cpu",
@@ -295,9 +450,29 @@ at::Tensor window_attention_forward_cpu(const at::Tensor& q, const at::Tensor& k
   return out;
 }
 
+std::vector<at::Tensor> window_attention_backward_cpu(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& v, const at::Tensor& out,
+                                                      const at::Tensor& bias, const c10::optional<at::Tensor>& mask,
+                                                      const c10::optional<at::Tensor>& mask_index, double scale) {
+  check_inputs(q, k, v, bias, mask, mask_index);
+  for (const auto* t : {&grad, &out})
+    TORCH_CHECK(t->sizes() == q.sizes() && t->scalar_type() == q.scalar_type() && t->device() == q.device(),
+                "window_attention backward: grad and out must be like q");
+  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(q.sizes(), q.options());
+  auto dv = at::empty(q.sizes(), q.options()), grad_bias = at::zeros(bias.sizes(), bias.options());
+  if (q.numel() > 0)
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_backward_cpu", [&] {
+      backward<scalar_t>(grad, q, k, v, out, bias, mask, mask_index, scale, dq, dk, dv, grad_bias);
+    });
+  return {dq, dk, dv, grad_bias};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tita_fast, CPU, m) { m.impl("window_attention_forward", &window_attention_forward_cpu); }
+TORCH_LIBRARY_IMPL(tita_fast, CPU, m) {
+  m.impl("window_attention_forward", &window_attention_forward_cpu);
+  m.impl("window_attention_backward", &window_attention_backward_cpu);
+}
 
 }  // namespace window_attention
 }  // namespace tita_fast

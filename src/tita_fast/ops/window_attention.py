@@ -5,14 +5,15 @@ The published algorithm (:func:`tita_fast.reference.published.window_attention_p
 backward: for a 3x8 batch of 64x64 crops that is 150 MB per call, and streaming it to memory and back is most of a
 training step. Backends (:mod:`tita_fast.backends`):
 
-* ``cpu`` (float32/float64 on CPU, the default there): the compiled forward kernel
-  ``tita_fast::window_attention_forward`` (csrc/window_attention/), one (window, head) at a time in L1 with the
-  queries as vector lanes: ~2x faster than ``scaled_dot_product_attention`` on TITA's 64-token, 10-dim heads.
-  With autograd it is the forward of the chunked op below.
+* ``cpu`` (float32/float64 on CPU, the default there): the compiled ops ``tita_fast::window_attention_forward``
+  and ``_backward`` (csrc/window_attention/), one (window, head) at a time in L1 with the queries (forward) or
+  the keys (backward) as vector lanes, on the token-layout tensors as they are: 2-3.5x faster than
+  ``scaled_dot_product_attention`` on TITA's 64-token, 10-dim heads. The backward recomputes the probabilities
+  (saved: q, k, v and the output).
 * ``reference`` (every device and dtype): without autograd one ``scaled_dot_product_attention`` call takes all
   windows with the bias alone, then the few shifted windows the mask touches (the last row and column of
   windows) are redone with bias + mask: no (windows, heads, T, T) tensor at all.
-* With autograd both run the custom op ``tita_fast::window_attention``: the windows in chunks whose scores stay
+* ``reference`` with autograd: the custom op ``tita_fast::window_attention``, the windows in chunks whose scores stay
   in cache (~0.8 MB); its backward recomputes a chunk's probabilities instead of keeping them (it saves q, k, v
   and the output only): forward + backward 1.6x (plain windows) and 2.3x (shifted) faster than the published
   algorithm per call at that batch on one CPU thread.
@@ -88,13 +89,11 @@ def _records_grad(*ts: Tensor) -> bool:
 
 def _reference(q, k, v, bias, mask: ShiftMask | None, scale) -> Tensor:
     if _records_grad(q, k, v, bias):
-        return _window_attention_chunked(q, k, v, bias, None if mask is None else mask.dense(), scale, compiled=False)
+        return _window_attention_chunked(q, k, v, bias, None if mask is None else mask.dense(), scale)
     return _window_attention_sdpa(q, k, v, bias, mask, scale)
 
 
 def _compiled(q, k, v, bias, mask: ShiftMask | None, scale) -> Tensor:
-    if _records_grad(q, k, v, bias):
-        return _window_attention_chunked(q, k, v, bias, None if mask is None else mask.dense(), scale, compiled=True)
     if mask is None:
         return torch.ops.tita_fast.window_attention_forward(q, k, v, bias, None, None, scale)
     rows = torch.full((mask.n_windows,), -1, dtype=torch.long, device=q.device)
@@ -102,10 +101,32 @@ def _compiled(q, k, v, bias, mask: ShiftMask | None, scale) -> Tensor:
     return torch.ops.tita_fast.window_attention_forward(q, k, v, bias, mask.values.to(q.dtype), rows, scale)
 
 
+def _compiled_setup_context(ctx, inputs, output):
+    q, k, v, bias, mask, mask_index, ctx.scale = inputs
+    ctx.save_for_backward(q, k, v, bias, mask, mask_index, output)
+
+
+def _compiled_backward(ctx, grad):
+    if torch.is_grad_enabled():
+        raise NotImplementedError("the compiled window attention has no double backward")
+    q, k, v, bias, mask, mask_index, out = ctx.saved_tensors
+    grads = torch.ops.tita_fast.window_attention_backward(grad, q, k, v, out, bias, mask, mask_index, ctx.scale)
+    return (*grads, None, None, None)
+
+
+def _like_q(q, *rest):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 backends.register("window_attention", "reference", _reference)
 if _extension.has_kernel("window_attention_forward", "CPU"):
-    torch.library.register_fake("tita_fast::window_attention_forward")(lambda q, *rest: torch.empty_like(
-        q, memory_format=torch.contiguous_format))
+    torch.library.register_fake("tita_fast::window_attention_forward")(_like_q)
+    torch.library.register_fake("tita_fast::window_attention_backward")(
+        lambda grad, q, k, v, out, bias, *rest: [_like_q(q), _like_q(q), _like_q(q), torch.empty_like(bias)]
+    )
+    torch.library.register_autograd(
+        "tita_fast::window_attention_forward", _compiled_backward, setup_context=_compiled_setup_context
+    )
     backends.register(
         "window_attention", "cpu", _compiled,
         supports=lambda t: t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64),
@@ -170,29 +191,18 @@ def _heads_major(t: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(t.transpose(1, 2).shape, dtype=dtype, device=t.device).copy_(t.transpose(1, 2))
 
 
-def _window_attention_chunked(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float,
-                              compiled: bool):
+def _window_attention_chunked(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float):
     """The chunked op on token-layout tensors: one heads-major copy of each input (chunks are then contiguous
     slices), the result back in token layout (a view)."""
     dtype, result_dtype = _compute_dtype(q), q.dtype
     q, k, v = (_heads_major(t, dtype) for t in (q, k, v))
-    out = _chunked_forward(q, k, v, bias.to(dtype), None if mask is None else mask.to(dtype), scale, compiled)
+    out = _chunked_forward(q, k, v, bias.to(dtype), None if mask is None else mask.to(dtype), scale)
     return out.transpose(1, 2).to(result_dtype)
 
 
 @torch.library.custom_op("tita_fast::window_attention", mutates_args=())
-def _chunked_forward(
-    q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float, compiled: bool = False
-) -> Tensor:
-    """q, k, v contiguous (B_, heads, T, d); returns (B_, heads, T, d). ``compiled``: the forward by the compiled
-    kernel (on the token-layout views of q, k, v; mask rows one per window) instead of chunks of ``bmm``."""
-    if compiled:
-        rows = None if mask is None else torch.arange(mask.shape[0], device=q.device)
-        out = torch.ops.tita_fast.window_attention_forward(
-            *(t.transpose(1, 2) for t in (q, k, v)), bias.to(q.dtype), None if mask is None else mask.to(q.dtype),
-            rows, scale,
-        )  # fmt: skip
-        return out.transpose(1, 2).contiguous()
+def _chunked_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """q, k, v contiguous (B_, heads, T, d); returns (B_, heads, T, d)."""
     out = torch.empty_like(q)
     per_chunk = _per_chunk(q)
     rows, period = _additive_rows(bias, mask, per_chunk)
@@ -218,7 +228,7 @@ def _probabilities(q, k, rows, period, s0, s1, scale) -> Tensor:
     return torch.baddbmm(additive, _matrices(q, s0, s1), _matrices(k, s0, s1).transpose(1, 2), alpha=scale).softmax(-1)
 
 
-@torch.library.custom_op("tita_fast::window_attention_backward", mutates_args=())
+@torch.library.custom_op("tita_fast::window_attention_chunked_backward", mutates_args=())
 def _chunked_backward(
     grad: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, out: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -242,7 +252,7 @@ def _chunked_backward(
 
 
 @_chunked_forward.register_fake
-def _(q, k, v, bias, mask, scale, compiled=False):
+def _(q, k, v, bias, mask, scale):
     return torch.empty_like(q)
 
 
@@ -252,7 +262,7 @@ def _(grad, q, k, v, bias, mask, out, scale):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bias, mask, ctx.scale, _ = inputs
+    q, k, v, bias, mask, ctx.scale = inputs
     ctx.save_for_backward(q, k, v, bias, mask, output)
 
 
@@ -260,7 +270,7 @@ def _backward(ctx, grad):
     if torch.is_grad_enabled():
         raise NotImplementedError("the chunked window attention has no double backward")
     q, k, v, bias, mask, out = ctx.saved_tensors
-    return (*_chunked_backward(grad, q, k, v, bias, mask, out, ctx.scale), None, None, None)
+    return (*_chunked_backward(grad, q, k, v, bias, mask, out, ctx.scale), None, None)
 
 
 _chunked_forward.register_autograd(_backward, setup_context=_setup_context)
