@@ -118,19 +118,38 @@ struct Workspace {
         scores(tokens * kLanes<T>) {}
 };
 
-// out[c0 + g] = inverse * sum_j weights[j] v[j][c0 + g] for G channels at once: G independent accumulators (one
-// per channel) keep the FMAs from waiting on each other.
+// out[g] = factor * sum_j weights[j] v[j][c0 + g] for G channels at once: G independent accumulators (one per
+// channel) keep the FMAs from waiting on each other.
 template <typename T, int G>
-TITA_INLINE void weighted_values(const T* __restrict weights, const T* __restrict v, int64_t tokens, int64_t ld_v,
-                                 int64_t c0, Vec<T> inverse, T* __restrict out, int64_t out_stride) {
-  constexpr int L = kLanes<T>;
+TITA_INLINE void weighted_group(const T* __restrict weights, int64_t ld_w, const T* __restrict v, int64_t ld_v,
+                                int64_t tokens, int64_t c0, Vec<T> factor, T* __restrict out, int64_t out_stride) {
   Vec<T> acc[G] = {};
   for (int64_t j = 0; j < tokens; ++j) {
-    const Vec<T> w = load(weights + j * L);
+    const Vec<T> w = load(weights + j * ld_w);
     const T* vj = v + j * ld_v + c0;
     for (int g = 0; g < G; ++g) acc[g] += w * vj[g];
   }
-  for (int g = 0; g < G; ++g) store<T>(out + g * out_stride, acc[g] * inverse);
+  for (int g = 0; g < G; ++g) store<T>(out + g * out_stride, acc[g] * factor);
+}
+
+// out[c] = factor * sum_j weights[j] v[j][c] for the d channels (vectors of lanes ld_w apart in weights,
+// out_stride apart in out), 8 channels per pass.
+template <typename T>
+TITA_INLINE void weighted_sums(const T* __restrict weights, int64_t ld_w, const T* __restrict v, int64_t ld_v,
+                               int64_t tokens, int64_t d, Vec<T> factor, T* __restrict out, int64_t out_stride) {
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8) weighted_group<T, 8>(weights, ld_w, v, ld_v, tokens, c, factor, out + c * out_stride, out_stride);
+  T* rest = out + c * out_stride;
+  switch (d - c) {  // the last 1-7 channels
+    case 7: weighted_group<T, 7>(weights, ld_w, v, ld_v, tokens, c, factor, rest, out_stride); break;
+    case 6: weighted_group<T, 6>(weights, ld_w, v, ld_v, tokens, c, factor, rest, out_stride); break;
+    case 5: weighted_group<T, 5>(weights, ld_w, v, ld_v, tokens, c, factor, rest, out_stride); break;
+    case 4: weighted_group<T, 4>(weights, ld_w, v, ld_v, tokens, c, factor, rest, out_stride); break;
+    case 3: weighted_group<T, 3>(weights, ld_w, v, ld_v, tokens, c, factor, rest, out_stride); break;
+    case 2: weighted_group<T, 2>(weights, ld_w, v, ld_v, tokens, c, factor, rest, out_stride); break;
+    case 1: weighted_group<T, 1>(weights, ld_w, v, ld_v, tokens, c, factor, rest, out_stride); break;
+    default: break;
+  }
 }
 
 // scores[j0 + g] = additive + mask + q . k[j0 + g] for G keys at once (G independent FMA chains over the d
@@ -187,19 +206,7 @@ TITA_VECTOR_CLONES void attend(const T* __restrict q_t, const T* __restrict k, i
       store<T>(scores + j * L, e);
       total += e;
     }
-    const Vec<T> inverse = T(1) / total;
-    int64_t c = 0;
-    for (; c + 8 <= d; c += 8) weighted_values<T, 8>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded);
-    switch (d - c) {  // the last 1-7 channels
-      case 7: weighted_values<T, 7>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
-      case 6: weighted_values<T, 6>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
-      case 5: weighted_values<T, 5>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
-      case 4: weighted_values<T, 4>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
-      case 3: weighted_values<T, 3>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
-      case 2: weighted_values<T, 2>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
-      case 1: weighted_values<T, 1>(scores, v, tokens, ld_v, c, inverse, out_block + c * padded + i0, padded); break;
-      default: break;
-    }
+    weighted_sums<T>(scores, L, v, ld_v, tokens, d, T(1) / total, out_block + i0, padded);
   }
 }
 
@@ -279,21 +286,23 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
 // -- backward: keys as lanes ------------------------------------------------------------------------------------
 //
 // One (window, head) row of queries at a time, its T keys in vectors: scores, softmax (horizontal max and sum),
-// then every gradient term but dq is a vector FMA: dv^T[c] += g[i,c] p, dk^T[c] += (scale q[i,c]) ds,
-// grad_bias[i] += ds; dq[i,c] = scale * sum_j ds[j] k[j,c] is one horizontal sum per channel.
+// ds = p (dp - g.o), grad_bias[i] += ds, and dq[i,c] = scale * sum_j ds[j] k[j,c] (one horizontal sum per
+// channel); p and ds are kept for all rows (in L1), then dv^T = g^T p and dk^T = (scale q)^T ds are sums of
+// vector FMAs with the accumulators in registers.
 
 // One (window, head). k_t, v_t (d, kpad): k and v transposed; additive (T, kpad): bias rows, -inf in the padded
 // key lanes; mask (T, kpad) or null; q_s: q rows scaled, g and o: rows of grad and out (d values ld_* apart);
-// accumulates grad_bias (T, kpad); writes dq rows (ld_dq apart), dk_t and dv_t (d, kpad).
+// accumulates grad_bias (T, kpad); writes dq rows (ld_dq apart), dk_t and dv_t (d, kpad); row (kpad),
+// probabilities and score_grads (T, kpad) are scratch.
 template <typename T>
 TITA_VECTOR_CLONES void attend_backward(const T* __restrict q_s, int64_t ld_q, const T* __restrict k_t,
                                         const T* __restrict v_t, const T* __restrict g, int64_t ld_g,
                                         const T* __restrict o, int64_t ld_o, const T* __restrict additive,
                                         const T* __restrict mask, int64_t tokens, int64_t kpad, int64_t d, T scale,
                                         T* __restrict grad_bias, T* __restrict dq, int64_t ld_dq,
-                                        T* __restrict dk_t, T* __restrict dv_t, T* __restrict row) {
+                                        T* __restrict dk_t, T* __restrict dv_t, T* __restrict row,
+                                        T* __restrict probabilities, T* __restrict score_grads) {
   constexpr int L = kLanes<T>;
-  for (int64_t x = 0; x < d * kpad; ++x) dk_t[x] = T(0), dv_t[x] = T(0);
   for (int64_t i = 0; i < tokens; ++i) {
     const T* qi = q_s + i * ld_q;
     const T* gi = g + i * ld_g;
@@ -319,20 +328,23 @@ TITA_VECTOR_CLONES void attend_backward(const T* __restrict q_s, int64_t ld_q, c
     for (int64_t j0 = 0; j0 < kpad; j0 += L) {
       const Vec<T> p = load(row + j0) * inverse;
       Vec<T> dp{};
-      for (int64_t c = 0; c < d; ++c) {
-        dp += gi[c] * load(v_t + c * kpad + j0);
-        store<T>(dv_t + c * kpad + j0, load(dv_t + c * kpad + j0) + gi[c] * p);
-      }
+      for (int64_t c = 0; c < d; ++c) dp += gi[c] * load(v_t + c * kpad + j0);
       const Vec<T> ds = p * (dp - delta);
+      store<T>(probabilities + i * kpad + j0, p);
+      store<T>(score_grads + i * kpad + j0, ds);
       store<T>(grad_bias + i * kpad + j0, load(grad_bias + i * kpad + j0) + ds);
-      for (int64_t c = 0; c < d; ++c) store<T>(dk_t + c * kpad + j0, load(dk_t + c * kpad + j0) + qi[c] * ds);
-      store<T>(row + j0, ds);
     }
+    const T* ds_row = score_grads + i * kpad;
     for (int64_t c = 0; c < d; ++c) {
       Vec<T> acc{};
-      for (int64_t j0 = 0; j0 < kpad; j0 += L) acc += load(row + j0) * load(k_t + c * kpad + j0);
+      for (int64_t j0 = 0; j0 < kpad; j0 += L) acc += load(ds_row + j0) * load(k_t + c * kpad + j0);
       dq[i * ld_dq + c] = scale * horizontal_sum<T>(acc);
     }
+  }
+  // dv^T = (p^T g)^T and dk^T = (ds^T (scale q))^T, a block of keys at a time.
+  for (int64_t j0 = 0; j0 < kpad; j0 += L) {
+    weighted_sums<T>(probabilities + j0, kpad, g, ld_g, tokens, d, Vec<T>{} + T(1), dv_t + j0, kpad);
+    weighted_sums<T>(score_grads + j0, kpad, q_s, ld_q, tokens, d, Vec<T>{} + T(1), dk_t + j0, kpad);
   }
 }
 
@@ -372,7 +384,7 @@ void backward(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, 
   const T alpha = static_cast<T>(scale);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> q_s(tokens * d), g_rows(tokens * d), o_rows(tokens * d), k_t(d * kpad, T(0)), v_t(d * kpad, T(0));
-    std::vector<T> dk_t(d * kpad), dv_t(d * kpad), row(kpad);
+    std::vector<T> dk_t(d * kpad), dv_t(d * kpad), row(kpad), probabilities(tokens * kpad), score_grads(tokens * kpad);
     for (int64_t task = begin; task < end; ++task) {
       for (int64_t b = task * kBackwardWindows; b < std::min(windows, (task + 1) * kBackwardWindows); ++b) {
         const int64_t m = mask_row.empty() ? -1 : mask_row[b % static_cast<int64_t>(mask_row.size())];
@@ -389,7 +401,7 @@ void backward(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k, 
                              additive.data() + h * tokens * kpad,
                              m < 0 ? nullptr : mask_rows.data() + m * tokens * kpad, tokens, kpad, d, alpha,
                              partials.data() + (task * heads + h) * tokens * kpad, dqs.at(b, 0, h), dqs.s_token,
-                             dk_t.data(), dv_t.data(), row.data());
+                             dk_t.data(), dv_t.data(), row.data(), probabilities.data(), score_grads.data());
           for (int64_t j = 0; j < tokens; ++j)
             for (int64_t c = 0; c < d; ++c) {
               dks.at(b, j, h)[c] = dk_t[c * kpad + j];
