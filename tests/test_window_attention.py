@@ -199,6 +199,18 @@ def test_cpu_kernel_gradients_equal_the_published_algorithm(dtype, tolerance, sh
         assert got.dtype == dtype and rel_err(got, want) <= tolerance
 
 
+@pytest.mark.parametrize("backend", [b for b in ("triton", "cuda") if b in tita_fast.available_backends()])
+def test_gpu_backends_run_the_reference_window_attention(backend, monkeypatch):
+    # They have no window-attention kernel: selecting one for a whole model must not fail on the attention.
+    calls = []
+    reference = window_attention_module._reference
+    monkeypatch.setattr(window_attention_module, "_reference", lambda *a: calls.append(1) or reference(*a))
+    q, k, v, bias = (t.detach() for t in inputs(1, (2, 2)))
+    with tita_fast.use_backend(backend), torch.no_grad():
+        out = window_attention(q, k, v, bias, None, 0.5)
+    assert calls and rel_err(out, window_attention_published(q, k, v, bias, None, 0.5)) <= 1e-13
+
+
 @needs_cpu_kernel
 def test_cpu_kernel_has_no_double_backward():
     q, k, v, bias = (t.requires_grad_() for t in strided_inputs(2, 2, 2, 3, torch.float64))

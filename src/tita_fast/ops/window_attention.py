@@ -80,7 +80,14 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: ShiftM
     heads, d)."""
     _check(q, k, v, bias, mask)
     mask = None if mask is None else mask.blocking()
+    if backends.selected_backend() in _WITHOUT_KERNEL:
+        return _reference(q, k, v, bias, mask, scale)
     return backends.choose("window_attention", q)(q, k, v, bias, mask, scale)
+
+
+# The GPU backends have no window-attention kernel of their own: under them, as under "reference", PyTorch's
+# scaled_dot_product_attention (its flash / memory-efficient kernels on CUDA) and the chunked op run it.
+_WITHOUT_KERNEL = ("triton", "cuda")
 
 
 def _records_grad(*ts: Tensor) -> bool:
