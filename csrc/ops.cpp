@@ -34,6 +34,10 @@ TORCH_LIBRARY(tita_fast, m) {
   // Gradients [dq, dk, dv, grad_bias] from the gradient of the output `out` (probabilities recomputed).
   m.def("window_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor bias, "
         "Tensor? mask, Tensor? mask_index, float scale) -> Tensor[]");
+  // The MLP half of a Swin block without autograd: out = x + scale[n] * fc2(GELU(fc1(LayerNorm(x)))); x and out
+  // (N, L, C) of any strides but contiguous channels, scale (N,) or none (src/tita_fast/ops/mlp.py).
+  m.def("residual_mlp_forward(Tensor x, Tensor norm_weight, Tensor norm_bias, float eps, Tensor fc1_weight, "
+        "Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, Tensor? scale, Tensor(a!) out) -> ()");
 }
 
 // `import tita_fast._C` registers the operators above; the module itself has no attributes.

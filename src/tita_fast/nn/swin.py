@@ -97,6 +97,21 @@ def _scaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return t if scale is None else t * scale
 
 
+def _gather_tokens(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[:, index]`` for tokens (N, L, C), as one index_select on the (N * L, C) rows: 1.5-4x faster than
+    advanced indexing on CPU here (the permutation orders of a 256x256 map)."""
+    n, length, c = t.shape
+    if n > 1:
+        index = (index + torch.arange(0, n * length, length, device=t.device)[:, None]).flatten()
+    return t.reshape(n * length, c).index_select(0, index).view(n, -1, c)
+
+
+def _residual_mlp(t: torch.Tensor, norm: nn.LayerNorm, mlp: Mlp, scale: torch.Tensor | None, out: torch.Tensor):
+    """``out = t + scale * mlp(norm(t))`` (inference: dropout is off, see ``_infers``) as one op."""
+    return ops.residual_mlp(t, norm.weight, norm.bias, norm.eps, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
+                        mlp.fc2.bias, scale, out)  # fmt: skip
+
+
 class _WindowAttentionBase(nn.Module):
     """Relative-position-biased multi-head attention within windows; subclasses make q, k, v."""
 
@@ -238,7 +253,7 @@ class _ShiftedWindows(nn.Module):
         """The inverse order and each of ``ts`` (N, L, C) in window order."""
         build = window_order.__wrapped__ if torch.compiler.is_compiling() else window_order  # as in _mask
         order, inverse = build(height, width, self.window, self.shift, ts[0].device)
-        return inverse, [t[:, order] for t in ts]
+        return inverse, [_gather_tokens(t, order) for t in ts]
 
     def _to_windows(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(N, L, C) -> (N * nW, w², C), shifted by (-s, -s) first."""
@@ -286,8 +301,8 @@ class SwinBlock(_ShiftedWindows):
         for piece, mask in self._window_rows(h, w, x):
             t = xw[:, piece]
             t = t + _scaled(self.attn(self.norm1(t).reshape(-1, self.window**2, c), mask).view(n, -1, c), scales[0])
-            out[:, piece] = t + _scaled(self.mlp(self.norm2(t)), scales[1])
-        return out[:, inverse]
+            _residual_mlp(t, self.norm2, self.mlp, scales[1], out[:, piece])
+        return _gather_tokens(out, inverse)
 
 
 class CrossSwinBlock(_ShiftedWindows):
@@ -336,9 +351,9 @@ class CrossSwinBlock(_ShiftedWindows):
             wy = self.norm1_B(ty).reshape(-1, self.window**2, c)
             a, b = self.ipa(self.attn_A(wx, wy, mask).view(n, -1, c), self.attn_B(wy, wx, mask).view(n, -1, c))
             tx, ty = tx + _scaled(a, scales[0]), ty + _scaled(b, scales[2])
-            out_x[:, piece] = tx + _scaled(self.mlp_A(self.norm2_A(tx)), scales[1])
-            out_y[:, piece] = ty + _scaled(self.mlp_B(self.norm2_B(ty)), scales[3])
-        return out_x[:, inverse], out_y[:, inverse]
+            _residual_mlp(tx, self.norm2_A, self.mlp_A, scales[1], out_x[:, piece])
+            _residual_mlp(ty, self.norm2_B, self.mlp_B, scales[3], out_y[:, piece])
+        return _gather_tokens(out_x, inverse), _gather_tokens(out_y, inverse)
 
 
 class _Blocks(nn.Module):
