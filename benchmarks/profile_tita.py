@@ -5,7 +5,8 @@
 
 Components are the modules the network is built of (timed from the moment the outermost one of them is entered
 to its exit, so an OAF's own convolutions count as OAF): convolutions (first/last, outside OAF), LayerNorms,
-window self-attention, window cross-attention (q/kv/proj linears included), IPA, OAF, MLPs; plus shift-mask
+window self-attention, window cross-attention (q/kv/proj linears included), IPA, OAF, MLPs (without autograd the
+blocks' residual-MLP op, their second LayerNorm and residual add included); plus shift-mask
 construction, rolls with window partition/merge, and the image padding, timed by wrapping those functions.
 "other" is the rest (residual adds, token reshapes, the loss in a step). Backward ops are attributed by their
 autograd node to the same components where the node says which (convolution, LayerNorm, the fused ops, softmax
@@ -55,6 +56,7 @@ FUNCTIONS = {
     "mask construction": [(swin._ShiftedWindows, "_mask"), (ShiftMask, "dense")],
     "rolls + window partition/merge": [(swin._ShiftedWindows, "_to_windows"), (swin._ShiftedWindows, "_from_windows")],
     "padding": (tita, "reflect_pad_to_multiple"),
+    "MLPs": (swin, "_residual_mlp"),  # inference: the block's second LayerNorm and residual add included
 }
 BACKWARD = [
     ("Convolution", "convolutions"),

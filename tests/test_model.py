@@ -367,9 +367,9 @@ def test_from_checkpoint_explains_a_missing_shift_mask(tmp_path):
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("shape", [(2, 1, 24, 40), (1, 1, 16, 16), (3, 1, 19, 27)])
 def test_inference_path_equals_the_autograd_path(monkeypatch, dtype, tolerance, shape, piece_tokens):
-    # In eval mode without autograd the blocks run a few window rows at a time in window order, and the window
-    # attention as scaled_dot_product_attention (then the masked border windows again); with autograd, whole
-    # blocks and the chunked custom op. Pieces: the whole map at once, or one window row each (piece_tokens=1).
+    # In eval mode without autograd the blocks run a few window rows at a time in window order, the window
+    # attention and the residual MLP through the default backend's inference ops; with autograd, whole blocks and
+    # the differentiable ops. Pieces: the whole map at once, or one window row each (piece_tokens=1).
     # Sizes: img_size itself, others, N > 1, odd sizes (padding). Tolerance: float64 rounding of a ~20-layer
     # network; float32: online vs two-pass softmax and summation order, relative to the output range.
     monkeypatch.setattr(tita_fast.nn.swin, "INFERENCE_CHUNK_TOKENS", piece_tokens)
