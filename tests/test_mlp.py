@@ -91,6 +91,19 @@ def test_with_autograd_gradients_are_the_modules(backend):
         assert rel_err(got, ref) <= 1e-13
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_under_autocast_the_torch_ops_run_in_their_autocast_dtypes(backend):
+    # The residual stream is float32 under autocast; fc1 and fc2 run in bfloat16 there, as in the modules.
+    norm, mlp = modules(60, 120, torch.float32)
+    x = torch.randn(2, 300, 60)
+    out = torch.empty_like(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), tita_fast.use_backend(backend):
+        residual_mlp(x, *params(norm, mlp), None, out)
+        reference = expected(x, norm, mlp, None)
+    assert torch.equal(out, reference)
+    assert rel_err(out, expected(x, norm, mlp, None)) > 1e-4  # bfloat16 products: not the float32 result
+
+
 @needs_cpu_kernel
 def test_cpu_kernel_is_the_default_on_cpu_and_refuses_what_it_cannot_run():
     norm, mlp = modules(7, 13, torch.float32)

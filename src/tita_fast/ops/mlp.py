@@ -6,8 +6,8 @@ GELU, fc2, the residual add and the copy into the block's output. Backends (:mod
 
 * ``cpu`` (float32/float64 on CPU, the default there): the compiled op ``tita_fast::residual_mlp_forward``
   (csrc/mlp/), a tile of 128 tokens through all the steps in one thread's cache, written straight into ``out``.
-* ``reference`` (every device and dtype, and whenever autograd records: the compiled op has no backward): the
-  torch ops.
+* ``reference`` (every device and dtype; whenever autograd records, as the compiled op has no backward; and under
+  autocast, whose per-op dtypes it keeps): the torch ops.
 
 ``x`` and ``out`` are (N, L, C) token maps (``out`` may be a view, e.g. a slice of a larger map; it may be ``x``
 itself); ``scale`` the per-image stochastic-depth factors (N, 1, 1) or None.
@@ -40,7 +40,7 @@ def residual_mlp(
     params = (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params, *([] if scale is None else [scale]))):
         return _reference(x, *params, eps, scale, out)
-    if backends.selected_backend() in _WITHOUT_KERNEL:
+    if backends.selected_backend() in _WITHOUT_KERNEL or torch.is_autocast_enabled(x.device.type):
         return _reference(x, *params, eps, scale, out)
     return backends.choose("residual_mlp", x)(x, *params, eps, scale, out)
 
