@@ -331,3 +331,28 @@ def test_from_checkpoint_refuses_a_corrupt_safetensors_file(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         TITA.from_checkpoint(path)
+
+
+def test_init_weights_starts_training_from_saved_weights(pairs, tmp_path):
+    """Fine-tuning: model and EMA start from the file (exported EMA weights of another run); a file of another
+    architecture is refused with the mismatch named; the published option path.pretrained_netG maps onto it."""
+    first = Trainer(TrainConfig.from_dict(tiny_config(pairs, tmp_path / "first", iterations=2)))
+    first.fit()
+    weights = sorted((tmp_path / "first" / "checkpoints").glob("*/ema.safetensors"))[-1]
+    tuned = Trainer(TrainConfig.from_dict(tiny_config(pairs, tmp_path / "tuned", init_weights=os.fspath(weights))))
+    saved = TITA.from_checkpoint(weights).state_dict()
+    for module in (tuned.model, tuned.ema):
+        assert all(torch.equal(t, saved[k]) for k, t in module.state_dict().items())
+    assert tuned.step == 0
+    fresh = Trainer(TrainConfig.from_dict(tiny_config(pairs, tmp_path / "fresh")))
+    assert not torch.equal(fresh.model.conv_first1_A.weight, tuned.model.conv_first1_A.weight)
+    wider = tiny_config(pairs, tmp_path / "wider", init_weights=os.fspath(weights))
+    wider["model"] = {**TINY_MODEL, "embed_dim": 18}
+    with pytest.raises(ValueError, match=r"does not fit the configured model: \d+ tensors differ, e.g. conv_first1_A.weight \(file vs model: \(6, 1, 3, 3\) vs \(9, 1, 3, 3\)\)"):
+        Trainer(TrainConfig.from_dict(wider))
+    published = {"datasets": {"train": {"trainsets": {"IVIF": {"X": {"task_path": "/d", "subdir1": "a",
+                                                                     "subdir2": "b"}}}}},
+                 "path": {"pretrained_netG": "/w/G.pth"}, "train": {}}  # fmt: skip
+    from tita_fast.train.config import from_published
+
+    assert from_published(published)["init_weights"] == "/w/G.pth"

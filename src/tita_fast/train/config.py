@@ -68,6 +68,7 @@ class TrainConfig:
     workers: int = 0
     cache_images: bool = False
     progress: bool = True
+    init_weights: str | None = None  # start from these weights (fine-tuning): a .pth or tita-fast .safetensors
 
     def __post_init__(self):
         if not self.tasks:
@@ -175,7 +176,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-# The published options the translation reads; the others (paths for pretrained models, TensorBoard, scheduler
+# The published options the translation reads (and path.pretrained_netG); the others (TensorBoard, scheduler
 # milestones past 20k steps, init types...) do not change the training, and are ignored.
 _PUBLISHED_TRAIN = {
     "G_optimizer_lr": "lr", "E_decay": "ema_decay", "gamma": "famo_gamma", "method_params_lr": "famo_w_lr",
@@ -209,6 +210,8 @@ def from_published(options: dict[str, Any]) -> dict[str, Any]:
     raw.update({ours: data[theirs] for theirs, ours in _PUBLISHED_DATA.items() if data.get(theirs) is not None})
     model_keys = set(inspect.signature(TITA).parameters)
     raw["model"] = {k: v for k, v in options.get("netG", {}).items() if k in model_keys}
+    if options.get("path", {}).get("pretrained_netG"):
+        raw["init_weights"] = options["path"]["pretrained_netG"]
     root, name = options.get("path", {}).get("root"), options.get("task") or options.get("name")
     if root and name:
         raw["out_dir"] = os.path.join(root, name)

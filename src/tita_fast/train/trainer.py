@@ -67,6 +67,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = TITA(**config.model).to(self.device)
+        if config.init_weights and checkpoint is None:
+            self._init_from(config.init_weights)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.task_names = list(config.tasks)
         self.losses = [build_loss(t.loss) for t in config.tasks.values()]
@@ -207,6 +209,21 @@ class Trainer:
         os.replace(staging, final)
         _write_atomic(root / LATEST, name.encode())
         return final
+
+    def _init_from(self, path: str) -> None:
+        """The model (and so the EMA) starts from the weights in ``path`` (a published ``.pth`` or a tita-fast
+        ``.safetensors``), which must fit the configured architecture; optimizer, FAMO and step start fresh."""
+        loaded, wanted = TITA.from_checkpoint(path, map_location=self.device).state_dict(), self.model.state_dict()
+        misfits = [k for k in wanted if k not in loaded or loaded[k].shape != wanted[k].shape]
+        misfits += [k for k in loaded if k not in wanted]
+        if misfits:
+            first = misfits[0]
+            shapes = " vs ".join(str(tuple(d[first].shape)) if first in d else "absent" for d in (loaded, wanted))
+            raise ValueError(
+                f"init_weights {path} does not fit the configured model: {len(misfits)} tensors differ, e.g. "
+                f"{first} (file vs model: {shapes}); set the model keys of the run that wrote it"
+            )
+        self.model.load_state_dict(loaded)
 
     def _load(self, checkpoint: Path, state: dict) -> None:
         from safetensors.torch import load_file
