@@ -83,10 +83,11 @@ def test_with_autograd_gradients_are_the_modules(backend):
     # The compiled op has no backward: with autograd recording every backend runs the differentiable torch ops.
     norm, mlp = modules(7, 13, torch.float64)
     x = torch.randn(2, 9, 7, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(2, 1, 1, dtype=torch.float64)  # stochastic depth's per-image factors, as in training
     with tita_fast.use_backend(backend):
-        out = residual_mlp(x, *params(norm, mlp), None, torch.empty(2, 9, 7, dtype=torch.float64))
+        out = residual_mlp(x, *params(norm, mlp), scale, torch.empty(2, 9, 7, dtype=torch.float64))
     grads = torch.autograd.grad(out.sum(), (x, mlp.fc1.weight, norm.weight))
-    want = torch.autograd.grad(expected(x, norm, mlp, None).sum(), (x, mlp.fc1.weight, norm.weight))
+    want = torch.autograd.grad(expected(x, norm, mlp, scale).sum(), (x, mlp.fc1.weight, norm.weight))
     for got, ref in zip(grads, want):
         assert rel_err(got, ref) <= 1e-13
 

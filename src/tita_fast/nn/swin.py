@@ -98,8 +98,8 @@ def _scaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
 
 
 def _gather_tokens(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``t[:, index]`` for tokens (N, L, C), as one index_select on the (N * L, C) rows: 1.5-4x faster than
-    advanced indexing on CPU here (the permutation orders of a 256x256 map)."""
+    """``t[:, index]`` for tokens (N, L, C), as one index_select on the (N * L, C) rows: 1.8-2.7x faster than
+    advanced indexing on CPU here (a shifted window order of a 256x256 map, C = 60)."""
     n, length, c = t.shape
     if n > 1:
         index = (index + torch.arange(0, n * length, length, device=t.device)[:, None]).flatten()

@@ -5,7 +5,7 @@ Inference runs it on every token of every block. As separate torch ops (the refe
 GELU, fc2, the residual add and the copy into the block's output. Backends (:mod:`tita_fast.backends`):
 
 * ``cpu`` (float32/float64 on CPU, the default there): the compiled op ``tita_fast::residual_mlp_forward``
-  (csrc/mlp/), a tile of 128 tokens through all the steps in one thread's cache, written straight into ``out``.
+  (csrc/mlp/), a tile of 256 tokens through all the steps in one thread's cache, written straight into ``out``.
 * ``reference`` (every device and dtype; whenever autograd records, as the compiled op has no backward; and under
   autocast, whose per-op dtypes it keeps): the torch ops.
 
@@ -36,11 +36,12 @@ def residual_mlp(
 ) -> Tensor:
     """Writes ``x + scale * fc2(GELU(fc1(layer_norm(x))))`` into ``out`` and returns it."""
     if x.dim() != 3 or out.shape != x.shape:
-        raise ValueError(f"residual_mlp expects x and out of one shape (N, L, C), got {tuple(x.shape)}, {tuple(out.shape)}")
+        raise ValueError(
+            f"residual_mlp expects x and out of one shape (N, L, C), got {tuple(x.shape)}, {tuple(out.shape)}"
+        )
     params = (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params, *([] if scale is None else [scale]))):
-        return _reference(x, *params, eps, scale, out)
-    if backends.selected_backend() in _WITHOUT_KERNEL or torch.is_autocast_enabled(x.device.type):
+    records = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params, *(() if scale is None else (scale,))))
+    if records or backends.selected_backend() in _WITHOUT_KERNEL or torch.is_autocast_enabled(x.device.type):
         return _reference(x, *params, eps, scale, out)
     return backends.choose("residual_mlp", x)(x, *params, eps, scale, out)
 
