@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -356,3 +357,15 @@ def test_init_weights_starts_training_from_saved_weights(pairs, tmp_path):
     from tita_fast.train.config import from_published
 
     assert from_published(published)["init_weights"] == "/w/G.pth"
+
+
+def test_metric_terms_reach_the_task_losses(pairs, tmp_path):
+    """qabf_weight (vif_weight takes the same path) reaches every task loss: the first step's losses are the
+    published ones plus the term, on the same batch and the same initial weights."""
+    run = Trainer(TrainConfig.from_dict(tiny_config(pairs, tmp_path / "run", qabf_weight=2.0)))
+    published = Trainer(TrainConfig.from_dict(tiny_config(pairs, tmp_path / "published")))
+    assert [(loss.vif_weight, loss.qabf_weight) for loss in run.losses] == [(0.0, 2.0)] * 3
+    with_terms, without = run.train_step()[0], published.train_step()[0]
+    extra = with_terms - without
+    assert torch.all(extra > 0) and torch.all(extra < 2), extra  # 2 (1 - Qabf), Qabf in (0, 1)
+    assert all(math.isfinite(v) for v in run.fit().values())

@@ -54,6 +54,8 @@ class TrainConfig:
     flip: bool = False
     lr: float = 2e-5
     loss_weight: float = 1.0
+    vif_weight: float = 0.0  # add the VIF metric as a loss term (0 = the published loss; see train.metric_terms)
+    qabf_weight: float = 0.0  # likewise the Qabf metric
     ema_decay: float = 0.999
     famo_gamma: float = 1e-3
     famo_w_lr: float = 0.025
@@ -85,6 +87,11 @@ class TrainConfig:
         for key in ("iterations", "batch_size", "crop_size", "log_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("vif_weight", "qabf_weight"):
+            if not (isinstance(getattr(self, key), (int, float)) and 0 <= getattr(self, key) < float("inf")):
+                raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)!r}")
+        if self.vif_weight and self.crop_size < 41:
+            raise ValueError(f"the VIF term needs crop_size >= 41 (its coarsest scale), got {self.crop_size}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

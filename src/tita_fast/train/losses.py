@@ -31,10 +31,13 @@ so ``.to()`` has nothing to move and float32, float64 and any device work alike.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
+
+from tita_fast.train import metric_terms
 
 INTENSITY_WEIGHT = 20.0
 GRADIENT_WEIGHT = 20.0
@@ -137,7 +140,21 @@ def equal_weights(grad_a: Tensor, grad_b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class FusionLoss(nn.Module):
-    """Intensity + gradient + SSIM fusion loss; subclasses choose the intensity target and the SSIM weights."""
+    """Intensity + gradient + SSIM fusion loss; subclasses choose the intensity target and the SSIM weights.
+
+    ``vif_weight`` and ``qabf_weight`` (0 = the published loss) add the evaluation metrics themselves
+    (:mod:`tita_fast.train.metric_terms`): ``vif_weight * exp(-VIF / 2)`` (VIF sums the two sources and exceeds 2
+    where fusion raises contrast, so ``1 - VIF / 2`` could go negative; FAMO weighs log-losses, which must stay
+    positive) and ``qabf_weight * (1 - Qabf)`` (Qabf <= 0.975). Both need single-channel images (the metrics are defined on luminance).
+    """
+
+    def __init__(self, vif_weight: float = 0.0, qabf_weight: float = 0.0):
+        super().__init__()
+        for name, value in (("vif_weight", vif_weight), ("qabf_weight", qabf_weight)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.vif_weight = vif_weight
+        self.qabf_weight = qabf_weight
 
     def intensity_target(self, A: Tensor, B: Tensor) -> Tensor:
         """The image ``F`` should match in the intensity term."""
@@ -148,23 +165,30 @@ class FusionLoss(nn.Module):
         raise NotImplementedError
 
     def terms(self, A: Tensor, B: Tensor, F: Tensor) -> dict[str, Tensor]:
-        """The three weighted terms ``intensity``, ``gradient`` and ``ssim``; the loss is their sum."""
+        """The weighted terms ``intensity``, ``gradient``, ``ssim`` (and ``vif`` / ``qabf`` when their weights are
+        not 0); the loss is their sum."""
         A, B, F = _check_images(A=A, B=B, F=F)
+        if (self.vif_weight or self.qabf_weight) and A.shape[1] != 1:
+            raise ValueError(f"the VIF and Qabf terms need single-channel images, got {A.shape[1]} channels")
         n = A.shape[0]
         # A, B and F go through the Sobel filter (and A, B through SSIM against F) as one batch each.
         sobel_a, sobel_b, sobel_f = _sobel(torch.cat([A, B, F])).split(n)
         ssim_maps = _ssim_map(torch.cat([A, B]), torch.cat([F, F]))
         ssim_a, ssim_b = ssim_maps[:n].mean(), ssim_maps[n:].mean()
         weight_a, weight_b = self.ssim_weights(sobel_a.mean(), sobel_b.mean())
-        return {
+        terms = {
             "intensity": INTENSITY_WEIGHT * (F - self.intensity_target(A, B)).abs().mean(),
             "gradient": GRADIENT_WEIGHT * (sobel_f - torch.maximum(sobel_a, sobel_b)).abs().mean(),
             "ssim": SSIM_WEIGHT * (1 - (weight_a * ssim_a + weight_b * ssim_b)),
         }
+        if self.vif_weight:
+            terms["vif"] = self.vif_weight * torch.exp(-metric_terms.vif(A, B, F) / 2)
+        if self.qabf_weight:
+            terms["qabf"] = self.qabf_weight * (1 - metric_terms.qabf(A, B, F))
+        return terms
 
     def forward(self, A: Tensor, B: Tensor, F: Tensor) -> Tensor:
-        terms = self.terms(A, B, F)
-        return terms["intensity"] + terms["gradient"] + terms["ssim"]
+        return sum(self.terms(A, B, F).values())
 
 
 class VIFLoss(FusionLoss):
@@ -200,8 +224,8 @@ class MFFLoss(FusionLoss):
 LOSSES: dict[str, type[FusionLoss]] = {"vif": VIFLoss, "mef": MEFLoss, "mff": MFFLoss}
 
 
-def build_loss(name: str) -> FusionLoss:
-    """The loss of task ``name`` ("vif", "mef" or "mff")."""
+def build_loss(name: str, vif_weight: float = 0.0, qabf_weight: float = 0.0) -> FusionLoss:
+    """The loss of task ``name`` ("vif", "mef" or "mff"), with the optional metric terms (see FusionLoss)."""
     if name not in LOSSES:
         raise ValueError(f"unknown fusion loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return LOSSES[name]()
+    return LOSSES[name](vif_weight, qabf_weight)

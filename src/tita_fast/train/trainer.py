@@ -71,7 +71,7 @@ class Trainer:
             self._init_from(config.init_weights)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.task_names = list(config.tasks)
-        self.losses = [build_loss(t.loss) for t in config.tasks.values()]
+        self.losses = [build_loss(t.loss, config.vif_weight, config.qabf_weight) for t in config.tasks.values()]
         self.batches = [
             TaskBatches(TaskPairs(name, t.sources, min_size=config.crop_size, cache=config.cache_images),
                         config.batch_size, config.crop_size, config.flip, config.seed, self.rank, self.world_size,
