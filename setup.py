@@ -22,7 +22,8 @@ except ImportError:
 
 
 def extension():
-    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/*/*_cpu.cpp")), *sorted(glob.glob("csrc/*/*_emulation.cpp"))]
+    # csrc/ipa/ipa_cuda_emulation.cpp is test-only: tests/test_ipa_cuda_emulation.py compiles it itself.
+    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/*/*_cpu.cpp"))]
     # at::parallel_for is inlined OpenMP: without -fopenmp the CPU kernels would run on one thread.
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     cxx = ["-O3", *openmp]

@@ -9,15 +9,12 @@ table reports the best round. Ratios are published / implementation and referenc
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.ipa_cases import implementations, make_case, step  # noqa: E402
-from benchmarks.measure import device_name, interleaved_best, peak_memory_bytes, write_json  # noqa: E402
+from tita_fast.bench.ipa_cases import implementations, make_case, step
+from tita_fast.bench.measure import device_name, interleaved_best, peak_memory_bytes, write_json
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
     python benchmarks/compare_oaf.py --sizes 256,512 --device cpu --repeats 5 [--json results.json]
 
-Scopes and layouts are described in oaf_cases.py. Runs are interleaved (one run of each implementation per
-round) so machine noise affects all alike; the table reports the best round. Ratios are published /
-implementation and reference / implementation; memory ratios published peak / implementation peak.
+Scopes and layouts are described in ``tita_fast/bench/oaf_cases.py``. Runs are interleaved (one run of each
+implementation per round) so machine noise affects all alike; the table reports the best round. Ratios are
+published / implementation and reference / implementation; memory ratios published peak / implementation peak.
 On CUDA, ``bandwidth floor`` is the bytes the op must move (inputs read once, outputs written once) over the
 device's measured copy bandwidth.
 """
@@ -12,15 +12,12 @@ device's measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.measure import device_name, interleaved_best, peak_memory_bytes, write_json  # noqa: E402
-from benchmarks.oaf_cases import CHANNELS, LAYOUTS, Case, implementations, parse_size, step  # noqa: E402
+from tita_fast.bench.measure import device_name, interleaved_best, parse_size, peak_memory_bytes, write_json
+from tita_fast.bench.oaf_cases import CHANNELS, LAYOUTS, Case, implementations, step
 
 
 def copy_bandwidth(device: torch.device) -> float:

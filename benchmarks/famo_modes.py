@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.measure import device_name, write_json  # noqa: E402
-from tita_fast.train import TaskBatches, TaskPairs, Trainer, load_config  # noqa: E402
+from tita_fast.bench.measure import device_name, write_json
+from tita_fast.train import TaskBatches, TaskPairs, Trainer, load_config
 
 EVAL_SEED_OFFSET = 1000  # held-out crops: batches of another seed than training's
 

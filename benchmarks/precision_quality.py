@@ -17,13 +17,9 @@ from pathlib import Path
 import torch
 
 from tita_fast import fuse
+from tita_fast.bench.measure import write_json
 from tita_fast.color import luminance_and_chroma
 from tita_fast.imageio import match_images, read_image
-
-try:
-    from benchmarks.measure import write_json
-except ImportError:  # run as a script from the repository root
-    from measure import write_json
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

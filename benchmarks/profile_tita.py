@@ -31,17 +31,13 @@ import torch
 from torch import nn
 
 import tita_fast
+from tita_fast.baseline import published_ops
+from tita_fast.bench.measure import device_name
 from tita_fast.nn import swin, tita
 from tita_fast.nn.ipa import IPA
 from tita_fast.nn.layers import Mlp
 from tita_fast.nn.oaf import OAF
 from tita_fast.ops.window_attention import ShiftMask
-from tita_fast.reference.published import published_ops
-
-try:
-    from benchmarks.measure import device_name
-except ImportError:  # run as a script from the repository root
-    from measure import device_name
 
 COMPONENTS: list[tuple[type[nn.Module], str]] = [
     (OAF, "OAF"),

@@ -1,4 +1,5 @@
-"""IPA forward and forward+backward: published algorithm, reference and fused backends (see ipa_cases.py).
+"""IPA forward and forward+backward: published algorithm, reference and fused backends (see
+``tita_fast/bench/ipa_cases.py``).
 
 Run: ``pip install --no-build-isolation ".[bench]" && python -m pytest benchmarks/test_ipa.py``
 (``TITA_BENCH_SIZES=128,256,512`` chooses the square sizes, ``TITA_BENCH_DEVICE=cuda`` the device). Peak memory
@@ -12,8 +13,8 @@ import os
 import pytest
 import torch
 
-from benchmarks.ipa_cases import implementations, make_case, step
-from benchmarks.measure import peak_memory_bytes
+from tita_fast.bench.ipa_cases import implementations, make_case, step
+from tita_fast.bench.measure import peak_memory_bytes
 
 SIZES = [int(s) for s in os.environ.get("TITA_BENCH_SIZES", "128,256,512").split(",")]
 DEVICE = torch.device(os.environ.get("TITA_BENCH_DEVICE", "cpu"))

@@ -1,4 +1,5 @@
-"""OAF forward and forward+backward: published algorithm, reference and fused backends (see oaf_cases.py).
+"""OAF forward and forward+backward: published algorithm, reference and fused backends (see
+``tita_fast/bench/oaf_cases.py``).
 
 Run: ``pip install --no-build-isolation ".[bench]" && python -m pytest benchmarks/test_oaf.py``
 (``TITA_BENCH_OAF_SIZES=256,512,1024x1280`` chooses the sizes, ``TITA_BENCH_DEVICE=cuda`` the device). Peak
@@ -12,8 +13,8 @@ import os
 import pytest
 import torch
 
-from benchmarks.measure import peak_memory_bytes
-from benchmarks.oaf_cases import LAYOUTS, Case, implementations, parse_size, step
+from tita_fast.bench.measure import parse_size, peak_memory_bytes
+from tita_fast.bench.oaf_cases import LAYOUTS, Case, implementations, step
 
 SIZES = os.environ.get("TITA_BENCH_OAF_SIZES", "256,512").split(",")
 DEVICE = torch.device(os.environ.get("TITA_BENCH_DEVICE", "cpu"))

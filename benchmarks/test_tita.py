@@ -1,6 +1,7 @@
 """Whole-network forward (published configuration, one gray pair) and the published training step (3 tasks x
-batch 8 x 64x64 crops, faithful FAMO): ours against the published algorithms in the same run (tita_speed.py has
-the cases; it also prints them as a table of ratios with peak memory).
+batch 8 x 64x64 crops, faithful FAMO): ours against the published algorithms in the same run (the forward
+runs are in tita_fast/bench/network.py, the training step's in tita_speed.py, which prints both as a table of ratios
+with peak memory).
 
 Run: ``pip install --no-build-isolation ".[bench]" && python -m pytest benchmarks/test_tita.py``
 (``TITA_BENCH_SIZES=256,512`` chooses the square sizes, ``TITA_BENCH_DEVICE=cuda`` the device,
@@ -14,8 +15,9 @@ import os
 import pytest
 import torch
 
-from benchmarks.measure import peak_memory_bytes
-from benchmarks.tita_speed import DATA, IMPLEMENTATIONS, forward_runs, train_runs
+from benchmarks.tita_speed import DATA, train_runs
+from tita_fast.bench.measure import peak_memory_bytes
+from tita_fast.bench.network import IMPLEMENTATIONS, forward_runs
 
 SIZES = [int(s) for s in os.environ.get("TITA_BENCH_SIZES", "256").split(",")]
 DEVICE = torch.device(os.environ.get("TITA_BENCH_DEVICE", "cpu"))

@@ -11,7 +11,7 @@ Rows:
   same seed. ``--batch 4`` halves the batch: on a 24 GB machine the published algorithm's step at batch 8 is
   killed for memory (ours peaks at 16 GB resident there).
 
-"published" runs the same code under :func:`tita_fast.reference.published.published_ops` (the published IPA, OAF
+"published" runs the same code under :func:`tita_fast.baseline.published_ops` (the published IPA, OAF
 and window attention with its per-call dense shift masks). Times are the best of ``--repeats`` interleaved rounds
 after a warm-up; peak memory is torch's allocations during one more call (CUDA: max_memory_allocated; CPU: the
 profiler's allocation events replayed), beyond what was allocated before it.
@@ -20,52 +20,22 @@ profiler's allocation events replayed), beyond what was allocated before it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 from pathlib import Path
 
 import torch
 
-import tita_fast
-from tita_fast.reference.published import published_ops
+from tita_fast.bench.measure import TABLE_HEADER, compare, device_name, format_row, parse_size, write_json
+from tita_fast.bench.network import IMPLEMENTATIONS, forward_runs
 from tita_fast.train.config import TrainConfig
-from tita_fast.train.trainer import AUTOCAST_DTYPES, Trainer
-
-try:
-    from benchmarks.measure import device_name, interleaved_best, peak_memory_bytes, write_json
-except ImportError:  # run as a script from the repository root
-    from measure import device_name, interleaved_best, peak_memory_bytes, write_json
+from tita_fast.train.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-IMPLEMENTATIONS = {"published": published_ops, "ours": contextlib.nullcontext}
 TRAIN_TASKS = {  # the trainer's published tasks on the real pairs (the default model's recipe uses the same sets)
     "ivif": ("vif", ["ivif/roadscene_u2f", "ivif/llvip_gifnet"]),
     "mef": ("mef", ["mef/u2f_set1", "mef/gifnet"]),
     "mff": ("mff", ["mff/u2f", "mff/gifnet"]),
 }
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    width, _, height = text.partition("x")
-    return int(height or width), int(width)
-
-
-def forward_runs(size: tuple[int, int], precision: str, device: torch.device):
-    torch.manual_seed(0)
-    model = tita_fast.TITA().to(device).eval()
-    a, b = torch.rand(2, 1, 1, *size, device=device).unbind(0)
-    dtype = AUTOCAST_DTYPES.get(precision)
-
-    def run(context):
-        def call():
-            with torch.inference_mode(), context(), torch.autocast(device.type, dtype, enabled=dtype is not None):
-                model(a, b)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        return call
-
-    return {name: run(context) for name, context in IMPLEMENTATIONS.items()}
 
 
 def train_runs(precision: str, device: torch.device, out_dir: Path, names=tuple(IMPLEMENTATIONS), batch: int = 8):
@@ -93,16 +63,8 @@ def train_runs(precision: str, device: torch.device, out_dir: Path, names=tuple(
 
 
 def measure(label: str, runs: dict, device: torch.device, repeats: int) -> dict:
-    best = interleaved_best(runs, repeats)
-    peaks = {name: peak_memory_bytes(run, device) for name, run in runs.items()}
-    row = {"case": label, **{f"{n}_s": best[n] for n in runs}, **{f"{n}_peak_bytes": peaks[n] for n in runs}}
-    row["speedup"] = best["published"] / best["ours"]
-    row["memory_ratio"] = peaks["ours"] / peaks["published"] if peaks["published"] else float("nan")
-    print(
-        f"{label:<28} {best['published'] * 1e3:11.1f} {best['ours'] * 1e3:11.1f} {row['speedup']:8.2f}x "
-        f"{peaks['published'] / 2**20:10.0f} {peaks['ours'] / 2**20:10.0f} {row['memory_ratio']:8.2f}",
-        flush=True,
-    )
+    row = compare(label, runs, device, repeats)
+    print(format_row(row), flush=True)
     return row
 
 
@@ -118,12 +80,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"{device_name(device)}, torch {torch.__version__}")
-    print(f"{'case':<28} {'published ms':>11} {'ours ms':>11} {'speed-up':>9} {'pub MiB':>10} {'ours MiB':>10} "
-          f"{'mem ratio':>8}")  # fmt: skip
+    print(TABLE_HEADER)
     rows = []
     for precision in args.precision:
         for text in args.forward:
-            size = parse_size(text)
+            size = parse_size(text, width_first=True)
             label = f"forward {size[1]}x{size[0]} {precision}"
             rows.append(measure(label, forward_runs(size, precision, device), device, args.repeats))
         if args.train:

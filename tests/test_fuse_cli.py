@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -15,8 +16,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tita_fast import fuse
-from tita_fast.cli import main
+from tita_fast import fuse, metrics
+from tita_fast.cli import TABLE_METRICS, main
 
 from .conftest import SHARED
 
@@ -223,3 +224,74 @@ def test_fuse_refuses_outputs_it_cannot_write(tmp_path, capsys):
     code, _, err = run_cli(capsys, "fuse", tmp_path / "band.tif", tmp_path / "band.tif", "-o", tmp_path / "out",
                            "--overwrite")  # fmt: skip
     assert code == 2 and "is a folder" in err
+
+
+# ------------------------------------------------------------------------- published pipeline, cddfuse convention
+def test_fuse_published_pipeline_cli_matches_api(tmp_path, capsys):
+    pairs = shared_set("medical/pet_mri_gifnet")
+    a, b = pairs / "a" / "1.png", pairs / "b" / "1.png"
+    code, _, err = run_cli(capsys, "fuse", a, b, "-o", tmp_path / "f.png", "--pipeline", "published")
+    assert code == 0, err
+    expected = fuse.fuse(a, b, pipeline="published")  # up to 4 levels from ours: an ignored option would show
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "f.png")), np.asarray(expected))
+
+
+def test_fuse_published_pipeline_refuses_sixteen_bit_files(tmp_path, capsys):
+    Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200).save(tmp_path / "band.tif")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "pan.png")
+    code, _, err = run_cli(capsys, "fuse", tmp_path / "band.tif", tmp_path / "pan.png", "-o", tmp_path / "out",
+                           "--pipeline", "published")  # fmt: skip
+    assert code == 2 and "band.tif: a 16-bit image; the published pipeline reads 8-bit images only" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_cddfuse_convention_and_triples(tmp_path, capsys):
+    pairs = shared_set("medical/pet_mri_u2f")
+    code, out, err = run_cli(capsys, "eval", pairs / "a", pairs / "b", pairs / "a", "--convention", "cddfuse",
+                             "--json")  # fmt: skip
+    assert code == 0, err
+    rows = json.loads(out)
+    assert list(rows[0]) == ["name", "EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR", "MSE", "CC"]
+    triple = (pairs / "a", pairs / "b", pairs / "a")
+    assert out.strip() == json.dumps(metrics.evaluate_files(*triple, convention="cddfuse"), indent=1)
+    assert math.isnan(rows[0]["SCD"])  # FUSED = A: F - A is constant, the evaluator's SCD is NaN
+    cases = [
+        ((*triple, *triple), "several A B FUSED triples need --table"),
+        ((*triple, pairs / "a"), "give the images as triples A B FUSED, got 4 paths"),
+        ((*triple, *triple, "--table"), "the FUSED folders of the triples need distinct names"),
+        ((*triple, "--convention", "cddfuse", "--metrics", "Nabf"), "unknown metric 'Nabf' in the cddfuse"),
+    ]
+    for argv, message in cases:
+        code, _, err = run_cli(capsys, "eval", *argv)
+        assert code == 2 and message in err, (argv, err)
+
+
+def test_reproduce_the_paper_table_recipe(tmp_path, capsys):
+    """docs/reproduce.md's commands, on real pairs of each seen task standing in for LLVIP, MEFB and MFFB."""
+    stand_ins = {"LLVIP": ("ivif/roadscene_u2f", ["1", "2"]), "MEFB": ("mef/u2f_set1", ["3"]),
+                 "MFFB": ("mff/u2f", ["1"])}  # fmt: skip
+    triples = []
+    for label, (name, stems) in stand_ins.items():
+        source = shared_set(name)
+        for side in ("a", "b"):
+            (tmp_path / label / side).mkdir(parents=True)
+            for path in (source / side).iterdir():
+                if path.stem in stems:
+                    shutil.copy(path, tmp_path / label / side / path.name)
+        fused = tmp_path / "results" / label
+        code, _, err = run_cli(capsys, "fuse", tmp_path / label / "a", tmp_path / label / "b", "-o", fused,
+                               "--pipeline", "published")  # fmt: skip
+        assert code == 0, err
+        triples += [tmp_path / label / "a", tmp_path / label / "b", fused]
+    code, out, err = run_cli(capsys, "eval", *triples, "--convention", "cddfuse", "--table", "--csv",
+                             tmp_path / "rows.csv")  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "| data set | EN | SD | SF | AG | MI | SCD | VIF | Qabf | SSIM |"
+    assert lines[1] == "|---|" + "---:|" * 9
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["LLVIP", "MEFB", "MFFB"]
+    expected = metrics.evaluate_files(*triples[6:], TABLE_METRICS, "cddfuse")  # MFFB
+    means = [np.mean([row[k] for row in expected]) for k in TABLE_METRICS]
+    assert lines[4] == "| MFFB | " + " | ".join(f"{m:.2f}" for m in means) + " |"
+    with open(tmp_path / "rows.csv") as handle:
+        assert [row["name"] for row in csv.DictReader(handle)] == ["LLVIP/1", "LLVIP/2", "MEFB/3", "MFFB/1"]

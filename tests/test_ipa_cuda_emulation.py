@@ -5,12 +5,19 @@ Without a GPU nothing CUDA runs here, but the CUDA kernels are thin: each block 
 code with one CPU thread per CUDA thread and a real barrier, so these tests cover the block-strided loops (with
 thread counts that do not divide the work), the workspace layout, chunked launches and the gradient reductions,
 in every dtype the CUDA backend takes. Tolerances as in test_ipa_kernels (against the float64 reference).
+
+The emulation is test-only code, so the package does not build it (a user's install compiles only what it runs):
+these tests compile ``csrc/ipa/ipa_cuda_emulation.cpp`` on first use, against the installed torch, and torch caches
+the build.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 from tests.conftest import rel_err
 from tests.test_ipa_kernels import TOLERANCE, op_parameters, random_ipa
@@ -18,6 +25,16 @@ from tita_fast import _extension
 from tita_fast.reference.ipa import ipa_reference
 
 pytestmark = pytest.mark.skipif(_extension.LOAD_ERROR is not None, reason="the C++ extension is not built")
+EMULATION_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "ipa" / "ipa_cuda_emulation.cpp"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emulated_kernels():
+    """Registers tita_fast::ipa_*_cuda_emulated (schemas in the installed _C) for CPU tensors."""
+    cpp_extension.load(
+        name="tita_fast_ipa_cuda_emulation", sources=[str(EMULATION_SOURCE)], extra_cflags=["-O2"],
+        is_python_module=False,
+    )  # fmt: skip
 
 CASES = [  # (rows, C, heads, threads per block, pixels per launch)
     (37, 12, 3, 3, 32768),

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import tita_fast
 from tests.conftest import load_golden, published_key_file, rel_err
+from tita_fast.baseline import published_ops
 from tita_fast.nn.swin import CrossSwinBlock, SwinBlock, shift_window_mask
 from tita_fast.nn.tita import reflect_pad_to_multiple
 from tita_fast.reference import published
@@ -162,7 +163,7 @@ def test_matches_the_published_algorithms_on_other_configurations(config, shape)
         return [out, ai.grad, bi.grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     ours = run()
-    with published.published_ops():
+    with published_ops():
         theirs = run()
     assert tita_fast.ops.ipa is not published.ipa_published  # restored
     assert len(ours) == len(theirs)

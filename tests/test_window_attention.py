@@ -11,6 +11,7 @@ import torch
 
 import tita_fast
 from tests.conftest import rel_err
+from tita_fast.baseline import published_ops
 from tita_fast.nn.swin import shift_mask, shift_window_mask
 from tita_fast.ops.window_attention import ShiftMask, window_attention
 from tita_fast.reference.published import window_attention_published
@@ -294,7 +295,7 @@ def test_attention_dropout_in_training_runs_the_published_algorithm():
     out = block(x, (8, 8))
     out.sum().backward()
     torch.manual_seed(1)
-    with tita_fast.reference.published.published_ops():
+    with published_ops():
         expected = block(x, (8, 8))
     assert torch.equal(out, expected)  # the same dropout draws: the same path
     block.eval()

@@ -7,6 +7,7 @@ import csv
 import json
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -79,7 +80,7 @@ def fuse(args: argparse.Namespace) -> int:
     from tita_fast.fuse import FuseJob
 
     try:
-        job = FuseJob.plan(args.a, args.b, args.output, args.format, args.overwrite)
+        job = FuseJob.plan(args.a, args.b, args.output, args.format, args.overwrite, args.pipeline)
         job.run(args.checkpoint, args.device, args.backend, args.precision, args.batch, args.tile, args.overlap)
     except (ValueError, RuntimeError) as err:
         print(f"tita-fast fuse: error: {err}", file=sys.stderr)
@@ -87,22 +88,57 @@ def fuse(args: argparse.Namespace) -> int:
     return 0 if not job.failures else 1
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """Fusion metrics of fused images against their sources: a table, JSON or CSV."""
-    from tita_fast.metrics import METRICS, evaluate_files
+# The columns of ``eval --table``: the metrics fusion papers report, in their usual order.
+TABLE_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Fusion metrics of fused images against their sources: a table, JSON or CSV, or with --table the mean of
+    each A B FUSED triple as one row of a paper's table."""
+    from tita_fast.metrics import evaluate_files
+
+    paths = [args.a, args.b, args.fused, *args.more]
+    triples = [paths[i : i + 3] for i in range(0, len(paths), 3)]
+    metrics = args.metrics.split(",") if args.metrics else TABLE_METRICS if args.table else None
     try:
-        rows = evaluate_files(args.a, args.b, args.fused, args.metrics.split(",") if args.metrics else METRICS)
+        if len(paths) % 3:
+            raise ValueError(f"give the images as triples A B FUSED, got {len(paths)} paths")
+        if len(triples) > 1 and not args.table:
+            raise ValueError("several A B FUSED triples need --table (one row each)")
+        sets = {_set_label(fused): evaluate_files(a, b, fused, metrics, args.convention) for a, b, fused in triples}
+        if len(sets) < len(triples):
+            raise ValueError("the FUSED folders of the triples need distinct names (they label the rows)")
+        rows = [{**row, "name": f"{label}/{row['name']}" if args.table else row["name"]}
+                for label, set_rows in sets.items() for row in set_rows]  # fmt: skip
         if args.csv:
             write_csv(args.csv, rows)
     except (ValueError, OSError) as err:
         print(f"tita-fast eval: error: {err}", file=sys.stderr)
         return 2
-    if args.json:
+    if args.table:
+        print(format_paper_table(sets))
+    elif args.json:
         print(json.dumps(rows, indent=1))
     else:
         print(format_table(rows))
     return 0
+
+
+def _set_label(path: str) -> str:
+    """A table row's label: the FUSED folder's name (a file's stem)."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.stem
+
+
+def format_paper_table(sets: dict[str, list[dict]]) -> str:
+    """A Markdown table in the layout of papers: one row per data set (the mean over its images), one column per
+    metric, two decimals."""
+    names = [k for k in next(iter(sets.values()))[0] if k != "name"]
+    lines = ["| data set | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, rows in sets.items():
+        means = [sum(r[k] for r in rows) / len(rows) for k in names]
+        lines.append(f"| {label} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict], mean: bool = True) -> str:
@@ -139,7 +175,57 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    """Time and peak memory of our ops and the whole network against the published algorithms, side by side."""
+    from tita_fast.bench import headline
+    from tita_fast.devices import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"tita-fast bench: error: {err}", file=sys.stderr)
+        return 2
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the cases synchronise the current device
+    defaults = headline.DEFAULTS[device.type]
+    settings = headline.Settings(args.size or defaults.op_size, args.network_size or defaults.network_size,
+                                 args.repeats or defaults.repeats)  # fmt: skip
+    try:
+        headline.run(device, settings, args.json)
+    except torch.cuda.OutOfMemoryError as err:
+        print(f"tita-fast bench: error: {err}\nsmaller --size or --network-size may fit", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _at_least(minimum: int, unit: str = ""):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected at least {minimum}{unit}, got {value}")
+        return value
+
+    return parse
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """An argparse type: ``N`` or ``WIDTHxHEIGHT`` -> (height, width), sides of at least 8 pixels."""
+    sides = text.split("x")
+    if len(sides) > 2:
+        raise argparse.ArgumentTypeError(f"expected N or WIDTHxHEIGHT, got {text!r}")
+    width, height = (_at_least(8, " pixels")(side) for side in (sides[0], sides[-1]))
+    return height, width
+
+
 def main(argv: list[str] | None = None) -> int:
+    from tita_fast.fuse import PIPELINES
+    from tita_fast.metrics import CONVENTIONS
+
     parser = argparse.ArgumentParser(prog="tita-fast", description="Fast, exact TITA image fusion.")
     parser.add_argument("--version", action="version", version=f"tita_fast {tita_fast.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     fuser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
     fuser.add_argument("--format", default="png", choices=("png", "tif", "bmp", "jpg"), help="output format")
     fuser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    fuser.add_argument("--pipeline", choices=PIPELINES, default="tita_fast",
+                       help="tita_fast (default): ours; published: the published test script's pre- and "
+                       "post-processing, to reproduce papers' images (8-bit images only; docs/fusing.md)")  # fmt: skip
     fuser.set_defaults(run=fuse)
     scorer = commands.add_parser("eval", help="fusion metrics of fused images against their sources",
                                  description="EN SD SF AG MI SCD VIF Qabf SSIM PSNR CC Nabf on 0-255 luminance "
@@ -200,8 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     scorer.add_argument("a", help="first source (file or folder)")
     scorer.add_argument("b", help="second source (file or folder)")
     scorer.add_argument("fused", help="fused image (file or folder)")
+    scorer.add_argument("more", nargs="*", metavar="A B FUSED", help="more triples (with --table: one row each)")
     scorer.add_argument("--metrics", help="comma-separated subset, e.g. Qabf,VIF (default: all)")
-    scorer.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    scorer.add_argument("--convention", choices=CONVENTIONS, default="tita_fast",
+                        help="tita_fast (default): ours; cddfuse: the numbers of the CDDFuse evaluator that most "
+                        "papers use (docs/metrics.md)")  # fmt: skip
+    output = scorer.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    output.add_argument("--table", action="store_true",
+                        help="print a Markdown table in papers' layout: one row per triple (the mean; labelled by "
+                        f"the FUSED folder's name), columns {' '.join(TABLE_METRICS)} unless --metrics")  # fmt: skip
     scorer.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file")
     scorer.set_defaults(run=evaluate)
     shower = commands.add_parser("demo", help="fuse demo pairs made from a sample photo (no data needed)",
@@ -212,6 +309,29 @@ def main(argv: list[str] | None = None) -> int:
     shower.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     shower.add_argument("--overwrite", action="store_true", help="replace earlier demo output")
     shower.set_defaults(run=demo)
+    from tita_fast.bench.headline import DEFAULTS, size_text
+
+    cpu, cuda = DEFAULTS["cpu"], DEFAULTS["cuda"]
+    bencher = commands.add_parser(
+        "bench",
+        help="time and peak memory of our ops and the network against the published algorithms",
+        description="Measure the published algorithms and ours (the selected backend, auto by default) side by "
+        "side in one run: IPA, the OAF mixing op and the OAF module (N=1, C=60, SIZExSIZE), forward and "
+        "forward+backward, and the TITA forward (published configuration, seeded random weights, one gray pair), "
+        "float32. Prints best times, speed-ups and peak memory; the CPU defaults take about a minute on 2 cores.",
+    )
+    bencher.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    bencher.add_argument("--size", type=_at_least(8, " pixels"),
+                         help=f"side of the IPA and OAF inputs (default: {cpu.op_size} on CPU, {cuda.op_size} on "
+                         "CUDA)")  # fmt: skip
+    bencher.add_argument("--network-size", type=_image_size, metavar="N|WIDTHxHEIGHT",
+                         help=f"the network's pair (default: {size_text(cpu.network_size)} on CPU, "
+                         f"{size_text(cuda.network_size)} on CUDA)")  # fmt: skip
+    bencher.add_argument("--repeats", type=_at_least(1),
+                         help="interleaved rounds after a warm-up, each time the best of them (default: "
+                         f"{cpu.repeats} on CPU, {cuda.repeats} on CUDA)")  # fmt: skip
+    bencher.add_argument("--json", type=Path, metavar="FILE", help="also write the table here")
+    bencher.set_defaults(run=bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -14,6 +14,12 @@ chroma of the two sources is fused per pixel as
     (C_A |C_A - 128| + C_B |C_B - 128|) / (|C_A - 128| + |C_B - 128|)     (128 where both are 128)
 
 for C = Cb and C = Cr. The result is colour when either source is, and is clipped to [0, 255].
+
+The published pipeline (:mod:`tita_fast.published_pipeline`) converts 8-bit images as OpenCV's ``cv2.cvtColor``
+does on uint8 (``COLOR_RGB2YCrCb`` and ``COLOR_YCrCb2RGB``): :func:`rgb_to_ycrcb_8bit` and
+:func:`ycrcb_to_rgb_8bit` reproduce its 14-bit fixed-point arithmetic (coefficients rounded to multiples of
+2^-14, Cr and Cb from the rounded Y, results rounded half up and saturated to 0..255). OpenCV is not a dependency;
+both are bit-exact with OpenCV 5.1 on every 8-bit input and within 1 level of the real-valued formulas (tested).
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ import torch
 NEUTRAL = 128.0
 _RED, _GREEN, _BLUE = 0.299, 0.587, 0.114
 _CR, _CB = 0.713, 0.564
+
+# OpenCV's 8-bit YCrCb: every coefficient times 2^14, rounded (Y's sum to exactly 2^14).
+_SHIFT = 14
+_ROUND = 1 << (_SHIFT - 1)
+_NEUTRAL_FIXED = 128 << _SHIFT
+_Y_FIXED = (4899, 9617, 1868)  # 0.299, 0.587, 0.114
+_CR_FIXED, _CB_FIXED = 11682, 9241  # 0.713, 0.564
+_CR_TO_R, _CR_TO_G, _CB_TO_G, _CB_TO_B = 22987, -11698, -5636, 29049  # 1.403, -0.714, -0.344, 1.773
 
 
 def _channels(image: torch.Tensor, allowed: tuple[int, ...], name: str) -> int:
@@ -49,6 +63,35 @@ def ycbcr_to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
     b = y + (cb - NEUTRAL) / _CB
     g = (y - _RED * r - _BLUE * b) / _GREEN
     return torch.stack([r, g, b], dim=-3)
+
+
+def _eight_bit(image: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if image.dtype != torch.uint8 or image.dim() < 3 or image.shape[-3] != 3:
+        raise ValueError(f"{name} must be a uint8 tensor (..., 3, H, W), got {image.dtype} {tuple(image.shape)}")
+    return image.to(torch.int32).unbind(-3)
+
+
+def _saturate(channels: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(channels, dim=-3).clamp(0, 255).to(torch.uint8)
+
+
+def rgb_to_ycrcb_8bit(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) RGB -> uint8 (..., 3, H, W) holding Y, Cr, Cb, as OpenCV's ``COLOR_RGB2YCrCb``."""
+    r, g, b = _eight_bit(rgb, "rgb")
+    y = (r * _Y_FIXED[0] + g * _Y_FIXED[1] + b * _Y_FIXED[2] + _ROUND) >> _SHIFT
+    cr = ((r - y) * _CR_FIXED + _NEUTRAL_FIXED + _ROUND) >> _SHIFT
+    cb = ((b - y) * _CB_FIXED + _NEUTRAL_FIXED + _ROUND) >> _SHIFT
+    return _saturate([y, cr, cb])
+
+
+def ycrcb_to_rgb_8bit(ycrcb: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) Y, Cr, Cb -> uint8 (..., 3, H, W) RGB, as OpenCV's ``COLOR_YCrCb2RGB``."""
+    y, cr, cb = _eight_bit(ycrcb, "ycrcb")
+    cr, cb = cr - 128, cb - 128
+    r = y + ((cr * _CR_TO_R + _ROUND) >> _SHIFT)
+    g = y + ((cr * _CR_TO_G + cb * _CB_TO_G + _ROUND) >> _SHIFT)
+    b = y + ((cb * _CB_TO_B + _ROUND) >> _SHIFT)
+    return _saturate([r, g, b])
 
 
 def fuse_chroma(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

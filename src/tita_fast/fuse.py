@@ -1,7 +1,8 @@
 """Fusing images with TITA: files, Pillow images, numpy arrays or tensors; gray or colour; any size.
 
 The network fuses luminance (spec *Colour at inference*, :mod:`tita_fast.color`); images too large for one pass
-go through overlapping tiles blended seamlessly (:func:`fuse_luminance`).
+go through overlapping tiles blended seamlessly (:func:`fuse_luminance`). ``pipeline="published"`` runs the
+published test script's pre- and post-processing instead (:mod:`tita_fast.published_pipeline`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from tita_fast import color, imageio
+from tita_fast import color, imageio, published_pipeline
 from tita_fast.backends import use_backend
 from tita_fast.devices import resolve_device
 from tita_fast.nn import TITA
@@ -28,6 +29,7 @@ from tita_fast.nn import TITA
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_OVERLAP = 64
+PIPELINES = ("tita_fast", "published")
 
 _default_models: dict[torch.device, TITA] = {}
 
@@ -220,16 +222,45 @@ def fuse_images(
 ) -> torch.Tensor:
     """Fuse image batches (N, C, H, W) on the 0–255 scale, C = 1 or 3 each; returns (N, 1 or 3, H, W) float32 on
     0–255 on the CPU, colour when either source is (luminance by the model, chroma per pixel)."""
-    if A.shape[0] != B.shape[0] or A.shape[-2:] != B.shape[-2:]:
-        raise ValueError(f"the images of a pair must have the same size, got {_size(A)} and {_size(B)}")
+    check_pair(A, B)
     luma_a, chroma_a = color.luminance_and_chroma(A)
     luma_b, chroma_b = color.luminance_and_chroma(B)
     luma = fuse_luminance(model, luma_a / 255, luma_b / 255, tile, overlap, precision).cpu() * 255
     return color.recombine(luma, chroma_a, chroma_b)
 
 
+def check_pair(A: torch.Tensor, B: torch.Tensor) -> None:
+    """ValueError unless the batches (N, C, H, W) hold as many images of the same size."""
+    if A.shape[0] != B.shape[0] or A.shape[-2:] != B.shape[-2:]:
+        raise ValueError(f"the images of a pair must have the same size, got {_size(A)} and {_size(B)}")
+
+
 def _size(image: torch.Tensor) -> str:
     return f"{image.shape[-1]}x{image.shape[-2]} (WxH)"
+
+
+def fuse_images_published(
+    model: TITA,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """:func:`fuse_images` with the published test script's steps around the network
+    (:mod:`tita_fast.published_pipeline`): 8-bit sources, an 8-bit result."""
+    check_pair(A, B)
+    padded = published_pipeline.luminance_inputs(A, B, model.window_size)
+    # fuse_luminance clamps to [0, 1], as the published tensor2uint does before rounding
+    fused = fuse_luminance(model, *padded, tile, overlap, precision)
+    return published_pipeline.output_image(fused, A, B)
+
+
+def pipeline_fuser(pipeline: str):
+    """The ``fuse_images`` of a pipeline: ours (``"tita_fast"``) or the published test script's (``"published"``)."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+    return fuse_images_published if pipeline == "published" else fuse_images
 
 
 def fuse(
@@ -242,6 +273,7 @@ def fuse(
     precision: str = "fp32",
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
+    pipeline: str = "tita_fast",
 ):
     """Fuse two registered images and return the result in the inputs' kind.
 
@@ -250,18 +282,26 @@ def fuse(
     rank and device). Integer pixels are 0..255 (uint8) or 0..65535 (uint16); float pixels must lie in [0, 1].
     Gray, colour or one of each: the result is colour when either source is; 16-bit gray stays 16-bit.
     ``model``: a :class:`TITA`, a checkpoint path, or ``None`` for the default model. ``tile``: see
-    :func:`fuse_luminance`.
+    :func:`fuse_luminance`. ``pipeline="published"``: the published test script's steps
+    (:mod:`tita_fast.published_pipeline`), for 8-bit images only (files, Pillow images, uint8 arrays or tensors).
     """
     kind = _kind(a, "a")
     if _kind(b, "b") != kind:
         raise ValueError(f"a and b must be of the same kind, got {type(a).__name__} and {type(b).__name__}")
+    fuse_pipeline_images = pipeline_fuser(pipeline)
     if not isinstance(model, TITA):
         model = load_model(model, device)
     elif device is not None and resolve_device(device) != model.conv_first1_A.weight.device:
         raise ValueError(f"the model is on {model.conv_first1_A.weight.device}, not {device}: move it, or omit device")
     (A, bits_a), (B, bits_b) = _read(a, kind, "a"), _read(b, kind, "b")
+    if pipeline == "published":
+        for x, bits, name in ((a, bits_a, "a"), (b, bits_b, "b")):
+            if bits != 8 or (kind in ("numpy", "tensor") and x.dtype not in (np.uint8, torch.uint8)):
+                depth = "16-bit" if bits == 16 else str(x.dtype)
+                raise ValueError(f"{name}: the published pipeline reads 8-bit images only, got {depth} (its Pillow "
+                                 "'L' conversion saturates deeper ones); use pipeline='tita_fast'")  # fmt: skip
     with use_backend(backend):
-        fused = fuse_images(model, A, B, tile, overlap, precision)
+        fused = fuse_pipeline_images(model, A, B, tile, overlap, precision)
     return _write(fused, kind, max(bits_a, bits_b), like=(a, b))
 
 
@@ -362,9 +402,11 @@ class FuseJob:
     pairs: list[tuple[str, Path, Path]]
     outputs: list[Path]
     failures: list[str] = field(default_factory=list)
+    pipeline: str = "tita_fast"
 
     @classmethod
-    def plan(cls, a, b, output, fmt: str = "png", overwrite: bool = False) -> FuseJob:
+    def plan(cls, a, b, output, fmt: str = "png", overwrite: bool = False, pipeline: str = "tita_fast") -> FuseJob:
+        pipeline_fuser(pipeline)  # an unknown name fails first
         matched = imageio.match_images(a, b)
         output = Path(output)
         single = Path(a).is_file() and output.suffix.lower() in imageio.IMAGE_SUFFIXES
@@ -398,13 +440,17 @@ class FuseJob:
                 "L",
                 *imageio.SIXTEEN_BIT_MODES,
             }
-            if deep and target.suffix.lower() not in (".png", ".tif", ".tiff"):
+            if pipeline == "published":
+                problems += [f"{path}: a 16-bit image; the published pipeline reads 8-bit images only"
+                             for path, mode in ((path_a, mode_a), (path_b, mode_b))
+                             if mode in imageio.SIXTEEN_BIT_MODES]  # fmt: skip
+            elif deep and target.suffix.lower() not in (".png", ".tif", ".tiff"):
                 problems.append(
                     f"{stem}: the result is 16-bit gray, which {target.suffix} cannot hold (use png or tif)"
                 )
         if problems:
             raise ValueError("\n  ".join(["nothing fused:", *problems]))
-        return cls([(stem, pa, pb) for stem, (pa, pb) in matched], outputs)
+        return cls([(stem, pa, pb) for stem, (pa, pb) in matched], outputs, pipeline=pipeline)
 
     def run(
         self,
@@ -424,6 +470,7 @@ class FuseJob:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         model = load_model(checkpoint, device)
+        fuse_pipeline_images = pipeline_fuser(self.pipeline)
         self.outputs[0].parent.mkdir(parents=True, exist_ok=True)
         seconds: dict[int, float] = {}
         bar = tqdm(total=len(self.pairs), desc="fuse", unit="pair", disable=not progress)
@@ -431,7 +478,7 @@ class FuseJob:
             for group in self._groups(batch):
                 started = time.perf_counter()
                 A, B = torch.cat([g[1] for g in group]), torch.cat([g[2] for g in group])
-                fused = fuse_images(model, A, B, tile, overlap, precision)
+                fused = fuse_pipeline_images(model, A, B, tile, overlap, precision)
                 for (index, _, _, bits), image in zip(group, fused, strict=True):
                     self._save(index, image, bits if image.shape[0] == 1 else 8)
                 elapsed = (time.perf_counter() - started) / len(group)

@@ -49,6 +49,24 @@ Conventions (fixed; ``M`` rows, ``N`` columns):
 
 All two-source metrics are symmetric in A and B (exactly, in floating point).
 
+**The cddfuse convention** (``evaluate(..., convention="cddfuse")``): the numbers of the CDDFuse evaluator
+(``utils/Evaluator.py`` of MMIF-CDDFuse), which most fusion papers reuse, on the arrays as given. Its metrics are
+``CDDFUSE_METRICS`` (no Nabf; MSE added). EN, SD and SF are the ones above; the others:
+
+- **AG**: ``sqrt((gx^2 + gy^2) / 2)`` averaged over all ``MN`` pixels, with central differences inside and one-sided
+  differences on the border rows and columns (``numpy.gradient``).
+- **MI**: ``MI(A,F) + MI(B,F)`` in **nats** (``sklearn.metrics.mutual_info_score``): the joint histogram of the
+  values as they are, each distinct value one bin (no rounding).
+- **SCD**, **CC**: as above, but a correlation with a zero-variance argument is NaN (as the evaluator returns it).
+- **VIF**: as above, but a source with no local variance at all (0/0) contributes 1.
+- **Qabf**: Sobel with zero padding over the whole image (the border adds edges), gx of a convolution (minus
+  ours: ``alpha = -arctan(gy/gx)``, still ``pi/2`` where ``gx == 0``); ``Ao = 1 - |alphaS - alphaF| / (pi/2)``
+  without the modulo-pi fold; ``G = gF`` where ``gS == gF`` (0 where both are 0). NaN if both sources are flat.
+- **SSIM**: ``SSIM(F,A) + SSIM(F,B)`` as ``skimage.metrics.structural_similarity`` computes it for uint8 images
+  with its defaults: a 7x7 uniform window, sample (co)variances (``ddof = 1``), ``K1, K2 = 0.01, 0.03``, data range
+  255; the mean of the map without the 3-pixel border (needs 7x7 pixels).
+- **PSNR**: ``10 log10(max(F)^2 / MSE)``; **MSE**: ``(MSE(A,F) + MSE(B,F)) / 2``.
+
 How our numbers relate to the CDDFuse Python evaluator and the MATLAB toolboxes: ``docs/metrics.md``.
 """
 
@@ -60,6 +78,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 __all__ = [
+    "CDDFUSE_METRICS",
+    "CONVENTIONS",
     "METRICS",
     "QABF_MAX",
     "ag",
@@ -79,9 +99,12 @@ __all__ = [
 ]
 
 METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR", "CC", "Nabf")
+CDDFUSE_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "PSNR", "MSE", "CC")
+CONVENTIONS: tuple[str, ...] = ("tita_fast", "cddfuse")
 
 # Minimum (rows, cols) side per metric.
 _MIN_SIDE = {"Qabf": 3, "Nabf": 3, "SSIM": 11, "VIF": 41}
+_MIN_SIDE_CDDFUSE = {"SSIM": 7, "VIF": 41}  # skimage's 7x7 window; the VIF pyramid as ours
 
 _TG, _KG, _DG = 0.9994, -15.0, 0.5
 _TA, _KA, _DA = 0.9879, -22.0, 0.8
@@ -180,12 +203,12 @@ def _filter_valid(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return sum(k[t] * rows[:, t : w - n + 1 + t] for t in range(n))
 
 
-def _corr(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation; 0 when either argument has zero variance."""
+def _corr(x: np.ndarray, y: np.ndarray, undefined: float = 0.0) -> float:
+    """Pearson correlation; ``undefined`` when either argument has zero variance."""
     xc = x - x.mean()
     yc = y - y.mean()
     den = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
-    return float((xc * yc).sum()) / den if den > 0 else 0.0
+    return float((xc * yc).sum()) / den if den > 0 else undefined
 
 
 def _levels(x: np.ndarray) -> np.ndarray:
@@ -197,16 +220,21 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum()) + 0.0  # no -0.0 for a constant image
 
 
-def _mi_pair(x: np.ndarray, f: np.ndarray) -> float:
-    joint = np.bincount((_levels(x) * 256 + _levels(f)).ravel(), minlength=256 * 256).reshape(256, 256)
+def _mutual_information(x_labels: np.ndarray, f_labels: np.ndarray, log: Callable = np.log2) -> float:
+    """MI of two images of non-negative integer labels from their joint histogram (``log``: bits or nats)."""
+    rows, columns = int(x_labels.max()) + 1, int(f_labels.max()) + 1
+    joint = np.bincount((x_labels * columns + f_labels).ravel(), minlength=rows * columns).reshape(rows, columns)
     pxy = joint / joint.sum()
     px = pxy.sum(axis=1, keepdims=True)
     pf = pxy.sum(axis=0, keepdims=True)
     nz = pxy > 0
-    return float((pxy[nz] * np.log2(pxy[nz] / (px @ pf)[nz])).sum())
+    return float((pxy[nz] * log(pxy[nz] / (px @ pf)[nz])).sum())
 
 
-def _vifp_pair(ref: np.ndarray, dist: np.ndarray, sigma_nsq: float = 2.0, eps: float = 1e-10) -> float:
+def _vifp_pair(
+    ref: np.ndarray, dist: np.ndarray, flat: float = 0.0, sigma_nsq: float = 2.0, eps: float = 1e-10
+) -> float:
+    """vifp of ``dist`` against ``ref``; ``flat`` when ``ref`` has no local variance at all (0/0)."""
     num = den = 0.0
     for s in range(1, 5):
         n = 2 ** (4 - s + 1) + 1
@@ -233,13 +261,22 @@ def _vifp_pair(ref: np.ndarray, dist: np.ndarray, sigma_nsq: float = 2.0, eps: f
         sv[sv <= eps] = eps
         num += float(np.log10(1.0 + g * g * s1 / (sv + sigma_nsq)).sum())
         den += float(np.log10(1.0 + s1 / sigma_nsq).sum())
-    return num / den if den > 0 else 0.0
+    return num / den if den > 0 else flat
+
+
+def _sobel_gradients(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 3x3 Sobel gradients (gx, gy) on the valid interior."""
+    gx = (x[:-2, 2:] + 2 * x[1:-1, 2:] + x[2:, 2:]) - (x[:-2, :-2] + 2 * x[1:-1, :-2] + x[2:, :-2])
+    gy = (x[2:, :-2] + 2 * x[2:, 1:-1] + x[2:, 2:]) - (x[:-2, :-2] + 2 * x[:-2, 1:-1] + x[:-2, 2:])
+    return gx, gy
 
 
 def _sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Strength and orientation of the 3x3 Sobel gradient on the valid interior."""
-    gx = (x[:-2, 2:] + 2 * x[1:-1, 2:] + x[2:, 2:]) - (x[:-2, :-2] + 2 * x[1:-1, :-2] + x[2:, :-2])
-    gy = (x[2:, :-2] + 2 * x[2:, 1:-1] + x[2:, 2:]) - (x[:-2, :-2] + 2 * x[:-2, 1:-1] + x[:-2, 2:])
+    return _strength_orientation(*_sobel_gradients(x))
+
+
+def _strength_orientation(gx: np.ndarray, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     strength = np.sqrt(gx * gx + gy * gy)
     zero = gx == 0
     alpha = np.where(zero, np.pi / 2, np.arctan(gy / np.where(zero, 1.0, gx)))
@@ -253,11 +290,35 @@ def _edge_q(gs: np.ndarray, als: np.ndarray, gf: np.ndarray, alf: np.ndarray) ->
     return _qg(rel_g) * _qa(rel_a)
 
 
+def _edge_q_cddfuse(gs: np.ndarray, als: np.ndarray, gf: np.ndarray, alf: np.ndarray) -> np.ndarray:
+    """The evaluator's rules: G = gF where gS == gF, orientation difference without the modulo-pi fold."""
+    ratio = np.minimum(gs, gf) / np.where(gs == gf, 1.0, np.maximum(gs, gf))
+    rel_g = np.where(gs == gf, gf, ratio)
+    rel_a = 1.0 - np.abs(als - alf) / (np.pi / 2)
+    return _qg(rel_g) * _qa(rel_a)
+
+
 def _edge_terms(a: np.ndarray, b: np.ndarray, f: np.ndarray):
     ga, ala = _sobel(a)
     gb, alb = _sobel(b)
     gf, alf = _sobel(f)
     return ga, gb, gf, _edge_q(ga, ala, gf, alf), _edge_q(gb, alb, gf, alf)
+
+
+def _ssim_skimage_pair(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> float:
+    """skimage's ``structural_similarity`` with its defaults (7x7 uniform window, sample covariances); its map is
+    cropped by 3 pixels on each side before the mean, which is exactly the 'valid' region of the window. The data
+    range is 255 for uint8 images; 2 gives what skimage 0.19 computes on float images."""
+    window = 7
+    k = np.full(window, 1.0 / window)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    sample = window * window / (window * window - 1.0)
+    mx, my = _filter_valid(x, k), _filter_valid(y, k)
+    vx = sample * (_filter_valid(x * x, k) - mx * mx)
+    vy = sample * (_filter_valid(y * y, k) - my * my)
+    cxy = sample * (_filter_valid(x * y, k) - mx * my)
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(smap.mean())
 
 
 def _ssim_pair(x: np.ndarray, y: np.ndarray) -> float:
@@ -303,7 +364,7 @@ def ag(F) -> float:
 def mi(A, B, F) -> float:
     """MI(A, F) + MI(B, F) in bits (256x256 joint histograms of the rounded, clipped images)."""
     a, b, f = _images("MI", A=A, B=B, F=F)
-    return _mi_pair(a, f) + _mi_pair(b, f)
+    return _mutual_information(_levels(a), _levels(f)) + _mutual_information(_levels(b), _levels(f))
 
 
 def scd(A, B, F) -> float:
@@ -354,53 +415,125 @@ def nabf(A, B, F) -> float:
     return float((am * ((1.0 - qa) * ga + (1.0 - qb) * gb)).sum()) / wsum if wsum > 0 else 0.0
 
 
-_SINGLE: dict[str, Callable[..., float]] = {"EN": en, "SD": sd, "SF": sf, "AG": ag}
-_PAIR: dict[str, Callable[..., float]] = {
-    "MI": mi,
-    "SCD": scd,
-    "VIF": vif,
-    "Qabf": qabf,
-    "SSIM": ssim,
-    "PSNR": psnr,
-    "CC": cc,
-    "Nabf": nabf,
-}
+# ------------------------------------------------------------------------------------- the cddfuse convention
+# Private: reached through evaluate(..., convention="cddfuse"); each takes validated float64 arrays.
+def _cddfuse_ag(f: np.ndarray) -> float:
+    gy, gx = np.gradient(f)
+    return float(np.sqrt((gx * gx + gy * gy) / 2.0).mean())
 
 
-def evaluate(A, B, F, metrics: Iterable[str] | str = METRICS) -> dict[str, float]:
-    """The requested metrics (names matched case-insensitively) as ``{name: value}`` in ``METRICS`` order."""
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    canon = {m.lower(): m for m in METRICS}
+def _cddfuse_mi(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    # each distinct value is one label, as sklearn's contingency matrix makes them
+    la, lb, lf = (np.unique(x, return_inverse=True)[1].reshape(x.shape) for x in (a, b, f))
+    return _mutual_information(la, lf, np.log) + _mutual_information(lb, lf, np.log)
+
+
+def _cddfuse_scd(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    return _corr(f - b, a, math.nan) + _corr(f - a, b, math.nan)
+
+
+def _cddfuse_vif(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    return _vifp_pair(a, f, flat=1.0) + _vifp_pair(b, f, flat=1.0)
+
+
+def _cddfuse_sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel strength and orientation over the whole zero-padded image, as ``scipy.signal.convolve2d(x, h,
+    'same')`` gives them. Convolution flips the kernels, which makes its gx minus ours; that matters because the
+    orientation is pi/2 where gx = 0 and arctan(gy/gx) elsewhere."""
+    gx, gy = _sobel_gradients(np.pad(x, 1))
+    return _strength_orientation(-gx, gy)
+
+
+def _cddfuse_qabf(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    ga, ala = _cddfuse_sobel(a)
+    gb, alb = _cddfuse_sobel(b)
+    gf, alf = _cddfuse_sobel(f)
+    num = float((_edge_q_cddfuse(ga, ala, gf, alf) * ga + _edge_q_cddfuse(gb, alb, gf, alf) * gb).sum())
+    den = float((ga + gb).sum())
+    return num / den if den > 0 else math.nan
+
+
+def _cddfuse_ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    return _ssim_skimage_pair(f, a) + _ssim_skimage_pair(f, b)
+
+
+def _mse(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    return (float(((a - f) ** 2).mean()) + float(((b - f) ** 2).mean())) / 2.0
+
+
+def _cddfuse_psnr(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):  # MSE 0 -> inf, and max(F) = MSE = 0 -> NaN, as there
+        return float(10.0 * np.log10(np.max(f) ** 2 / np.float64(_mse(a, b, f))))
+
+
+def _cddfuse_cc(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    return (_corr(a, f, math.nan) + _corr(b, f, math.nan)) / 2.0
+
+
+# -------------------------------------------------------------------------------------------------- evaluate
+_SINGLE = frozenset({"EN", "SD", "SF", "AG"})  # metrics of F alone
+_FUNCTIONS: dict[str, dict[str, Callable[..., float]]] = {
+    "tita_fast": {"EN": en, "SD": sd, "SF": sf, "AG": ag, "MI": mi, "SCD": scd, "VIF": vif, "Qabf": qabf,
+                  "SSIM": ssim, "PSNR": psnr, "CC": cc, "Nabf": nabf},
+    "cddfuse": {"EN": en, "SD": sd, "SF": sf, "AG": _cddfuse_ag, "MI": _cddfuse_mi, "SCD": _cddfuse_scd,
+                "VIF": _cddfuse_vif, "Qabf": _cddfuse_qabf, "SSIM": _cddfuse_ssim, "PSNR": _cddfuse_psnr,
+                "MSE": _mse, "CC": _cddfuse_cc},
+}  # fmt: skip
+_MIN_SIDES = {"tita_fast": _MIN_SIDE, "cddfuse": _MIN_SIDE_CDDFUSE}
+
+
+def _metric_names(metrics: Iterable[str] | str | None, convention: str) -> tuple[str, ...]:
+    """The requested metrics of ``convention`` in its order (all of them for None), names matched case-insensitively."""
+    if convention not in _FUNCTIONS:
+        raise ValueError(f"unknown metric convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
+    names = tuple(_FUNCTIONS[convention])
+    if metrics is None:
+        return names
+    canon = {m.lower(): m for m in names}
     wanted = set()
-    for name in metrics:
+    for name in (metrics,) if isinstance(metrics, str) else metrics:
         key = canon.get(str(name).lower())
         if key is None:
-            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric {name!r} in the {convention} convention; choose from {', '.join(names)}")
         wanted.add(key)
+    return tuple(m for m in names if m in wanted)
+
+
+def evaluate(A, B, F, metrics: Iterable[str] | str | None = None, convention: str = "tita_fast") -> dict[str, float]:
+    """The requested metrics (default: all of the convention's; names matched case-insensitively) as
+    ``{name: value}`` in the order of ``METRICS`` (``convention="tita_fast"``, ours) or ``CDDFUSE_METRICS``
+    (``"cddfuse"``: the CDDFuse evaluator's numbers, see the module docstring)."""
+    names = _metric_names(metrics, convention)
     a, b, f = _images("evaluate", A=A, B=B, F=F)
     out: dict[str, float] = {}
-    for m in METRICS:
-        if m in wanted:
-            out[m] = _SINGLE[m](f) if m in _SINGLE else _PAIR[m](a, b, f)
+    for m in names:
+        side = _MIN_SIDES[convention].get(m, 2)
+        if min(f.shape) < side:
+            raise ValueError(f"{m}: images must be at least {side}x{side} pixels, got {f.shape[0]}x{f.shape[1]}")
+        function = _FUNCTIONS[convention][m]
+        out[m] = function(f) if m in _SINGLE else function(a, b, f)
     return out
 
 
-def evaluate_files(A, B, F, metrics: Iterable[str] | str = METRICS) -> list[dict]:
+def evaluate_files(A, B, F, metrics: Iterable[str] | str | None = None, convention: str = "tita_fast") -> list[dict]:
     """Metrics of fused image files ``F`` against their sources ``A``, ``B`` (three files, or three folders matched
-    by file stem) on BT.601 luminance (16-bit images scaled onto 0–255): ``[{"name": stem, metric: value}, ...]``."""
+    by file stem) on BT.601 luminance (16-bit images scaled onto 0–255): ``[{"name": stem, metric: value}, ...]``.
+    The cddfuse convention rounds the luminance to integers (half to even), as the evaluator's image reader does."""
     from tita_fast.color import luminance_and_chroma
     from tita_fast.imageio import match_images, read_image
 
+    _metric_names(metrics, convention)  # a bad name or convention fails before any file is read
     rows = []
     for stem, paths in match_images(A, B, F):
-        images = [luminance_and_chroma(read_image(path)[0])[0] for path in paths]
-        shapes = {tuple(image.shape) for image in images}
+        images = [luminance_and_chroma(read_image(path)[0].double())[0][0].numpy() for path in paths]
+        if convention == "cddfuse":
+            images = [_levels(image).astype(np.float64) for image in images]
+        shapes = {image.shape for image in images}
         if len(shapes) > 1:
             sizes = ", ".join(f"{p} {i.shape[-1]}x{i.shape[-2]}" for p, i in zip(paths, images, strict=True))
             raise ValueError(f"{stem}: the three images differ in size ({sizes})")
         try:
-            rows.append({"name": stem, **evaluate(*images, metrics=metrics)})
+            rows.append({"name": stem, **evaluate(*images, metrics=metrics, convention=convention)})
         except ValueError as err:
             raise ValueError(f"{stem}: {err}") from None
     return rows

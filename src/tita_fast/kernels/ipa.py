@@ -3,8 +3,11 @@
 Ground truth: :func:`tita_fast.reference.ipa.ipa_reference`. Each program takes a tile of BLOCK_M pixels and keeps
 everything for them in registers; the channel axis is padded to BLOCK_C (a power of two) with masks. Every
 per-pixel matrix-vector product is a ``tl.dot`` of the (BLOCK_M, BLOCK_C) tile with a (BLOCK_C, BLOCK_C) weight
-block, in IEEE fp32 (no TF32) for all input dtypes (fp64 for fp64 inputs); half inputs are widened on load and
-rounded only on store.
+block, on tensor cores in 3xTF32 for all input dtypes but fp64 (IEEE fp64 there); half inputs are widened to fp32 on
+load and rounded only on store. 3xTF32 splits each fp32 operand into two TF32 halves and sums three products, which
+keeps fp32-level accuracy (with the dots emulated so under the interpreter, the worst float32 error of the parity
+tests' cases went from 1.7e-6 to 2.6e-6, bound 1e-5); plain TF32 would not (unit roundoff 4.9e-4). IEEE fp32 dots
+would run on FMA units with whole operand tiles in each thread's registers, and spill far more (docs/gpu.md).
 
 Two-key attention needs no real softmax: with keys k1 = kn + x - x*r, k2 = vn + x + x*r, the softmax over the two
 keys depends only on s1 - s2 = <Q_m, D_m> with D = Wk kk, kk = (kn - vn) - 2 x*r (the key bias cancels), so
@@ -23,11 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
-# Pixels per program, and a launch option. The IEEE fp32 dots run on FMA units, with whole operand tiles in
-# registers. Compiled offline for sm_90a (triton 3.9's ptxas, C = 60; not yet run on a GPU): left alone, ptxas keeps
-# to 32 registers a thread and spills ~64 KB a thread; 16 pixels, 8 warps and maxnreg=255 bring the spill stores
-# down to ~3 KB (forward) and ~12 KB (backward). The dot operands take ~2.5 (BLOCK_C, BLOCK_C) tiles of shared
-# memory in the compute dtype: 40 KB for fp32 at BLOCK_C = 64, 144 KB at 128 (H100/A100 only); 256 fits no GPU.
+# Pixels per program, and a launch option. Compiled offline for sm_90a and sm_80 (benchmarks/triton_compile.py,
+# table in docs/gpu.md; not yet run on a GPU): 16 pixels, 8 warps (the most that 255 registers a thread allow) and
+# maxnreg=255 spill least; 32 or 64 pixels, or 4 warps, spill more. With 3xTF32 dots, C = 60 spills ~0.2 KB a
+# thread (forward) and ~1.5 KB (backward), IEEE fp32 dots 2.6 KB and 12.6 KB. The dot operands take ~2
+# (BLOCK_C, BLOCK_C) fp32 tiles of shared memory: 32 KB at BLOCK_C = 64, 128 KB at 128 (H100/A100 only).
 BLOCK_M = 16
 MAX_REGISTERS = 255
 # Per-pixel weight-gradient factors that the backward kernel writes for each direction, planes of a (9, M, C)
@@ -71,7 +74,16 @@ def _matmul(x, w_ptr, stride_k, stride_n, C: tl.constexpr, BLOCK_C: tl.constexpr
     k = tl.arange(0, BLOCK_C)[:, None]
     n = tl.arange(0, BLOCK_C)[None, :]
     w = tl.load(w_ptr + k * stride_k + n * stride_n, mask=(k < C) & (n < C), other=0.0).to(x.dtype)
-    return tl.dot(x, w, input_precision="ieee")
+    return _dot(x, w)
+
+
+@triton.jit
+def _dot(x, w):
+    """x @ w on tensor cores in 3xTF32 for fp32 (fp32-level accuracy; see the module docstring), IEEE for fp64."""
+    if x.dtype == tl.float64:
+        return tl.dot(x, w, input_precision="ieee")
+    else:
+        return tl.dot(x, w, input_precision="tf32x3")
 
 
 @triton.jit
@@ -100,7 +112,7 @@ def _head_matrix(C: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr,
 
 @triton.jit
 def _head_sum(x, heads):
-    return tl.dot(x, heads, input_precision="ieee")
+    return _dot(x, heads)
 
 
 @triton.jit

@@ -258,7 +258,8 @@ def _store_logit_grads(ptr, pix, mask, HW, w_hp, m0, m1, m2, m3, m4, m5, m6, m7,
     tl.store(ptr + 8 * HW + pix, (m8 * (-w_hp * s8 - dot)).to(dt), mask=mask)
 
 
-@triton.jit
+# W_OFFSET is 0 for x and 3 for y: unspecialised, so both sources share one compiled kernel.
+@triton.jit(do_not_specialize=["W_OFFSET"])
 def _oaf_backward_kernel(
     g_ptr, s_ptr, logits_ptr, residual_ptr, multiplier_ptr, hamming_ptr, w_ptr,
     ds_ptr, dlogits_ptr, dresidual_ptr, dmultiplier_ptr, partial_ptr,

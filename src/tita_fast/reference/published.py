@@ -1,6 +1,7 @@
 """The published implementation's algorithms for IPA, OAF mixing and window attention, rebuilt as parity oracles
 and as the speed/memory baselines of the benchmarks. Same signatures as the ops; the modules use only the window
-attention, for attention dropout in training (which the fused paths do not have).
+attention, for attention dropout in training (which the fused paths do not have). This module imports nothing of
+the package: :mod:`tita_fast.baseline` swaps these algorithms into the modules.
 
 * IPA: a Python loop over the batch, each item running ``nn.MultiheadAttention`` (here its functional form)
   with the pixels as the attention batch, one query and two keys per pixel.
@@ -11,9 +12,6 @@ attention, for attention dropout in training (which the fused paths do not have)
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -101,20 +99,3 @@ def oaf_published(module, x, y):
         x, y, logits_x, logits_y, residual_x, residual_y, multiplier_x, multiplier_y,
         module.fafb_A.hamming_highpass, module.fafb_B.hamming_highpass, mix_weights,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def published_ops() -> Iterator[None]:
-    """Within the block, the modules run the published algorithms in place of the ops (whatever the backend), and
-    the Swin blocks run whole feature maps as published (not window rows at a time in inference): the baseline of
-    parity tests and benchmarks. Not thread-safe; not for production use."""
-    from tita_fast import ops
-    from tita_fast.nn.swin import _ShiftedWindows
-
-    saved = ops.ipa, ops.oaf_mix, ops.window_attention, _ShiftedWindows._infers
-    ops.ipa, ops.oaf_mix, ops.window_attention = ipa_published, oaf_mix_published, window_attention_published
-    _ShiftedWindows._infers = lambda self, *inputs: False
-    try:
-        yield
-    finally:
-        ops.ipa, ops.oaf_mix, ops.window_attention, _ShiftedWindows._infers = saved

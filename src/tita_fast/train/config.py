@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,9 +162,13 @@ def _strip_comments(text: str) -> str:
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
     raw = read_file(path)
-    if "datasets" in raw and "train" in raw:
-        raw = from_published(raw)
-    return TrainConfig.from_dict(apply_overrides(raw, overrides))
+    published = "datasets" in raw and "train" in raw
+    config = TrainConfig.from_dict(apply_overrides(from_published(raw) if published else raw, overrides))
+    if published:
+        # after the overrides: --set iterations=... decides whether the file's LR milestones fall inside the run
+        for message in published_unread(raw, config.iterations):
+            warnings.warn(message, UserWarning, stacklevel=2)
+    return config
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -183,8 +188,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-# The published options the translation reads (and path.pretrained_netG); the others (TensorBoard, scheduler
-# milestones past 20k steps, init types...) do not change the training, and are ignored.
+# The published options the translation reads (and path.pretrained_netG, path.root + task as out_dir); the others
+# (TensorBoard, init types, netG depths/num_heads, which the published network takes and ignores...) do not change
+# the training and are ignored; those that would if set otherwise (scheduler, optimizer) are checked by
+# published_unread.
 _PUBLISHED_TRAIN = {
     "G_optimizer_lr": "lr", "E_decay": "ema_decay", "gamma": "famo_gamma", "method_params_lr": "famo_w_lr",
     "iteration": "iterations", "manual_seed": "seed", "checkpoint_save": "checkpoint_every",
@@ -223,3 +230,32 @@ def from_published(options: dict[str, Any]) -> dict[str, Any]:
     if root and name:
         raw["out_dir"] = os.path.join(root, name)
     return raw
+
+
+def published_unread(options: dict[str, Any], iterations: int) -> list[str]:
+    """Warnings for published options that are not read but, as set, would change the training of ``iterations``
+    steps: a learning-rate decay inside the run (we train at a constant rate), an optimizer other than plain Adam, a
+    dataset type other than ``mixed_equal`` (one batch per task per step). Empty for the published config.json."""
+    train, data = options.get("train", {}), options.get("datasets", {}).get("train", {})
+    out = []
+    kind, gamma = train.get("G_scheduler_type"), train.get("G_scheduler_gamma")
+    early = [m for m in train.get("G_scheduler_milestones") or [] if m <= iterations]
+    if kind not in (None, "MultiStepLR"):
+        out.append(f"published config: train.G_scheduler_type {kind!r} is not read; the learning rate stays constant")
+    elif early and gamma not in (None, 1):
+        out.append(
+            f"published config: train.G_scheduler_milestones {early} fall within the {iterations} iterations, but the "
+            f"scheduler is not read: the learning rate stays constant instead of being multiplied by "
+            f"G_scheduler_gamma {gamma} at each"
+        )
+    if train.get("G_optimizer_type") not in (None, "adam"):
+        out.append(f"published config: train.G_optimizer_type {train['G_optimizer_type']!r} is not read; we use Adam")
+    if train.get("G_optimizer_wd") not in (None, 0):
+        out.append(f"published config: train.G_optimizer_wd {train['G_optimizer_wd']} is not read; Adam has no decay")
+    if train.get("G_optimizer_betas") not in (None, [0.9, 0.999]):
+        out.append(f"published config: train.G_optimizer_betas {train['G_optimizer_betas']} is not read; Adam uses "
+                   "(0.9, 0.999)")  # fmt: skip
+    if data.get("dataset_type") not in (None, "mixed_equal"):
+        out.append(f"published config: datasets.train.dataset_type {data['dataset_type']!r} is not read; we train as "
+                   "mixed_equal, one batch per task at every step")  # fmt: skip
+    return out

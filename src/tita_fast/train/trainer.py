@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import tita_fast
+from tita_fast.backends import use_backend
 from tita_fast.devices import resolve_device
 from tita_fast.nn import TITA
 from tita_fast.train.config import RESUMABLE_OVERRIDES, TrainConfig, apply_overrides
@@ -119,7 +119,7 @@ class Trainer:
         last: dict[str, float] = {}
         start = time.perf_counter()
         try:
-            with tita_fast.use_backend(config.backend):
+            with use_backend(config.backend):
                 while self.step < config.iterations:
                     losses, objective = self.train_step()
                     self.step += 1

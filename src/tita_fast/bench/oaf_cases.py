@@ -1,11 +1,13 @@
-"""OAF benchmark cases shared by ``test_oaf.py`` (pytest-benchmark) and ``compare_oaf.py`` (ratio table).
+"""OAF benchmark cases shared by ``benchmarks/test_oaf.py`` (pytest-benchmark), ``benchmarks/compare_oaf.py`` (ratio
+table) and ``tita-fast bench``.
 
-Two scopes, N = 1, C = 60, float32:
+Two scopes, N = 1, C = 60, float32 unless a case asks for another dtype:
 
 * ``op``: the mixing after the generators (filter normalisation, 3x3 dynamic filtering, the six features and
   their mix) on the generators' outputs: ``published`` is the published unfold-based algorithm rebuilt faithfully
   (:func:`tita_fast.reference.published.oaf_mix_published`), ``reference`` our pure-PyTorch reference, then
-  every fused backend available for the device (through :func:`tita_fast.ops.oaf_mix`).
+  every fused backend available for the device (through :func:`tita_fast.ops.oaf_mix`); on request,
+  ``compiled-reference``, ``torch.compile`` of the reference (:mod:`~tita_fast.bench.compiled`).
 * ``step``: the whole ``tita_fast.OAF`` module as a user calls it, generator convolutions and weight generator
   included (``published``: :func:`tita_fast.reference.published.oaf_published`, the generators in the inputs'
   layout, then the published mixing).
@@ -22,16 +24,11 @@ import torch
 
 import tita_fast
 from tita_fast import ops
+from tita_fast.bench.compiled import compiled_reference
 from tita_fast.reference.published import oaf_mix_published, oaf_published
 
 CHANNELS = 60
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"256"`` -> (256, 256); ``"1024x1280"`` -> (1024, 1280)."""
-    height, _, width = text.partition("x")
-    return int(height), int(width or height)
 
 
 def implementations(device: torch.device) -> list[str]:
@@ -47,11 +44,20 @@ def implementations(device: torch.device) -> list[str]:
 class Case:
     """A random OAF module and inputs ``x, y``; the generators' outputs for the ``op`` scope."""
 
-    def __init__(self, size: tuple[int, int], device: torch.device, layout: str, seed: int = 0):
+    def __init__(
+        self,
+        size: tuple[int, int],
+        device: torch.device,
+        layout: str,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         torch.manual_seed(seed)
-        self.module = tita_fast.OAF(CHANNELS).to(device)
+        self.module = tita_fast.OAF(CHANNELS).to(device=device, dtype=dtype)
         fmt = LAYOUTS[layout]
-        self.x, self.y = (torch.randn(1, CHANNELS, *size, device=device).contiguous(memory_format=fmt) for _ in "xy")
+        self.x, self.y = (
+            torch.randn(1, CHANNELS, *size, device=device, dtype=dtype).contiguous(memory_format=fmt) for _ in "xy"
+        )
         with torch.no_grad():
             logits_x, residual_x, multiplier_x = self.module.fafb_A(self.x)
             logits_y, residual_y, multiplier_y = self.module.fafb_B(self.y)
@@ -60,6 +66,12 @@ class Case:
             self.x, self.y, logits_x, logits_y, residual_x, residual_y, multiplier_x, multiplier_y,
             self.module.fafb_A.hamming_highpass, self.module.fafb_B.hamming_highpass, mix_weights,
         ]  # fmt: skip
+
+
+def _context(implementation: str):
+    if implementation == "compiled-reference":
+        return compiled_reference("oaf_mix")
+    return tita_fast.use_backend("reference" if implementation == "published" else implementation)
 
 
 def step(case: Case, scope: str, implementation: str, backward: bool) -> Callable[[], None]:
@@ -80,7 +92,7 @@ def step(case: Case, scope: str, implementation: str, backward: bool) -> Callabl
             return case.module(*leaves)
 
     def run():
-        with tita_fast.use_backend("reference" if implementation == "published" else implementation):
+        with _context(implementation):
             if backward:
                 out = compute()
                 out.backward(torch.ones_like(out))

@@ -1,4 +1,4 @@
-"""The runner of the OAF H100 results here (benchmarks/results/oaf_op_*h100.json): builds ops.cpp and the OAF
+"""The runner of the OAF H100 results (benchmarks/results/oaf_op_*h100.json): builds ops.cpp and the OAF
 kernels only (the IPA CUDA build did not fit the lease), registers them as tita_fast._C, then runs a script."""
 
 import os
